@@ -1,0 +1,59 @@
+"""Attention with optional log-sum-exp, for every mixer and the sequence-parallel code.
+
+`attention(q, k, v, ...)` takes q [B, Tq, H, D], k/v [B, Tk, Hkv, D] (GQA/MQA un-expanded),
+honours causal masking, a sliding window and document boundaries (doc_ids), and global
+query/key offsets (for blocks of a sequence split across ranks). See masks.py for the exact
+visibility rule. Paths: reference (materialised scores), torch SDPA, flash-attn varlen.
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels.attention.flash_varlen import attention_flash_varlen
+from kernels.attention.flash_varlen import supports as flash_supports
+from kernels.attention.masks import visible_mask
+from kernels.attention.reference import attention_reference
+from kernels.attention.sdpa import attention_sdpa
+from kernels.dispatch import kernel_mode
+
+__all__ = ["attention", "attention_reference", "attention_sdpa", "visible_mask", "select_attention_path"]
+
+
+def select_attention_path(q: torch.Tensor, tk: int, q_offset: int, k_offset: int, return_lse: bool) -> str:
+    """Name of the path `attention` will take for these inputs."""
+    mode = kernel_mode()
+    if mode == "reference":
+        return "reference"
+    if mode == "auto" and flash_supports(q, q.shape[1], tk, q_offset, k_offset):
+        return "flash_attn"
+    if q.device.type != "cpu" and return_lse:
+        return "reference"  # SDPA on CUDA does not expose the LSE; the fused kernels cover this case
+    return "sdpa"
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    q_doc_ids: torch.Tensor | None = None,
+    k_doc_ids: torch.Tensor | None = None,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    scale: float | None = None,
+    return_lse: bool = False,
+):
+    """Output [B, Tq, H, D], and the LSE [B, H, Tq] (fp32) when return_lse."""
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"query heads {q.shape[2]} must be a multiple of kv heads {k.shape[2]}")
+    path = select_attention_path(q, k.shape[1], q_offset, k_offset, return_lse)
+    fn = {"reference": attention_reference, "flash_attn": attention_flash_varlen, "sdpa": attention_sdpa}[path]
+    kwargs = dict(causal=causal, window=window, q_doc_ids=q_doc_ids, k_doc_ids=k_doc_ids,
+                  q_offset=q_offset, k_offset=k_offset, scale=scale)
+    if fn is attention_reference:
+        o, lse = fn(q, k, v, **kwargs)
+    else:
+        o, lse = fn(q, k, v, return_lse=return_lse, **kwargs)
+    return (o, lse) if return_lse else o

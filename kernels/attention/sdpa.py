@@ -1,0 +1,55 @@
+"""Fast attention through PyTorch's fused SDPA kernels.
+
+On CPU this calls the flash-attention CPU kernel directly because it also returns the
+log-sum-exp (which the sequence-parallel merge needs) and runs forward and backward without
+materialising the score matrix; masks other than the plain causal triangle are passed as an
+additive bias. On CUDA, `F.scaled_dot_product_attention` serves calls that need no LSE;
+calls that need the LSE go to the Triton kernel or flash-attn (see kernels.attention).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels.attention.masks import is_plain_causal, visible_mask
+
+
+def attention_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    q_doc_ids: torch.Tensor | None = None,
+    k_doc_ids: torch.Tensor | None = None,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    scale: float | None = None,
+    return_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    tq, h = q.shape[1], q.shape[2]
+    tk, hkv = k.shape[1], k.shape[2]
+    plain = is_plain_causal(tq, tk, causal, window, q_doc_ids, q_offset, k_offset)
+    mask = None if plain else visible_mask(
+        tq, tk, causal=causal, window=window, q_doc_ids=q_doc_ids, k_doc_ids=k_doc_ids,
+        q_offset=q_offset, k_offset=k_offset, device=q.device,
+    )
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if q.device.type != "cpu":
+        o = F.scaled_dot_product_attention(
+            qt, kt, vt, attn_mask=mask, is_causal=plain, scale=scale, enable_gqa=hkv != h
+        )
+        return o.transpose(1, 2), None
+    if hkv != h:  # the CPU flash kernel has no GQA: expand (views on CPU are cheap relative to compute)
+        kt = kt.repeat_interleave(h // hkv, dim=1)
+        vt = vt.repeat_interleave(h // hkv, dim=1)
+    bias = None
+    if mask is not None:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        qt, kt, vt, 0.0, plain, attn_mask=bias, scale=scale
+    )
+    if mask is not None:  # rows that see no key: the kernel leaves lse at 0, the contract says -inf
+        lse = lse.masked_fill(~mask.any(-1), float("-inf"))
+    return o.transpose(1, 2), lse

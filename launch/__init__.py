@@ -1,0 +1,1 @@
+"""The launcher: local torchrun, SLURM sbatch rendering and submission, dry runs."""

@@ -1,0 +1,118 @@
+"""LanguageModel: embedding -> pre-norm residual sublayers (from the pattern) -> norm -> head.
+
+Each pattern symbol is one residual sublayer `x + f(norm(x))`. The stack is a ModuleList of
+`Block`s so that parallel code can cut it on layer boundaries (pipeline stages) or wrap each
+block (activation checkpointing, FSDP) without knowing what is inside.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.config import ModelConfig
+from models.context import MixerContext
+from models.norm import RMSNorm
+from models.pattern import parse_pattern
+
+
+class Block(nn.Module):
+    """Pre-norm residual wrapper around one mixer or MLP."""
+
+    def __init__(self, symbol: str, layer_idx: int, mixer: nn.Module, cfg: ModelConfig):
+        super().__init__()
+        self.symbol, self.layer_idx = symbol, layer_idx
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = mixer
+
+    def forward(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
+        return x + self.mixer(self.norm(x), ctx)
+
+
+def make_mixer(symbol: str, cfg: ModelConfig, layer_idx: int) -> nn.Module:
+    from models.attention import Attention
+    from models.mlp import GatedMLP
+
+    if symbol == "*":
+        return Attention(cfg, layer_idx, window=None)
+    if symbol == "W":
+        return Attention(cfg, layer_idx, window=cfg.window)
+    if symbol == "-":
+        return GatedMLP(cfg)
+    raise NotImplementedError(
+        f"layer symbol {symbol!r} is not implemented yet; use '*', 'W' and '-' in model.pattern"
+    )
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.symbols = parse_pattern(cfg.pattern)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(
+            Block(s, i, make_mixer(s, cfg, i), cfg) for i, s in enumerate(self.symbols)
+        )
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) for matrices; residual output projections scaled by 1/sqrt(#sublayers)
+        (GPT-2 / Megatron) so the residual stream's variance does not grow with depth; mixers
+        with their own scheme (Mamba-2, RG-LRU) define `reset_parameters` and are called last."""
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(max(1, len(self.symbols)))
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, out_std if getattr(m, "is_residual_out", False) else std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, std)
+            elif isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+        for block in self.layers:
+            if hasattr(block.mixer, "reset_parameters"):
+                block.mixer.reset_parameters()
+
+    def no_weight_decay_names(self) -> set[str]:
+        """Parameter names excluded from weight decay: norms, biases and mixer-declared ones."""
+        names = set()
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if p.ndim < 2 or leaf in ("A_log", "D", "dt_bias"):
+                names.add(name)
+        return names
+
+    def head_weight(self) -> torch.Tensor:
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+        *,
+        initial_states: dict[int, Any] | None = None,
+        return_states: bool = False,
+        sp: Any = None,
+    ):
+        """Logits [B, T, V] for tokens [B, T]; with return_states also {layer: final state}.
+
+        positions default to 0..T-1 and doc_ids to a single document per row.
+        """
+        if positions is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        ctx = MixerContext(positions=positions, doc_ids=doc_ids, initial_states=initial_states,
+                           return_states=return_states, sp=sp)
+        h = self.embed(tokens)
+        for block in self.layers:
+            h = block(h, ctx)
+        h = self.norm(h)
+        logits = torch.nn.functional.linear(h, self.head_weight())
+        self.last_state_norms = ctx.state_norms
+        return (logits, ctx.final_states) if return_states else logits

@@ -1,0 +1,45 @@
+"""Shared fixtures: forked gloo worker pools (tests/dist/pool.py) and test-wide settings."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from dist.pool import PoolRegistry  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def pools():
+    registry = PoolRegistry()
+    yield registry
+    registry.close_all()
+
+
+@pytest.fixture
+def pool2(pools):
+    return pools.get(2)
+
+
+@pytest.fixture
+def pool3(pools):
+    return pools.get(3)
+
+
+@pytest.fixture
+def pool4(pools):
+    return pools.get(4)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,1 @@
+"""Training: entry point, config, loop, optimizer and schedules, checkpoints, metrics, evaluation."""

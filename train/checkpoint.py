@@ -1,0 +1,170 @@
+"""Checkpoints: complete or absent, never half.
+
+Layout: <run>/checkpoints/step-NNNNNNN/
+  .metadata, *.distcp     model + optimizer via torch.distributed.checkpoint (sharded, reshardable)
+  train_state.json        step, data-loader state, schedule/curriculum state (global, rank 0)
+  rank-RRRRR.pt           per-rank RNG states
+  config.toml             the resolved config of the run that wrote it
+Everything is written into `.tmp-step-NNNNNNN/` and renamed to `step-NNNNNNN/` by rank 0 only
+after every rank has finished writing; a crash before the rename leaves the previous
+checkpoint as the newest complete one. keep_last prunes older complete checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import warnings
+
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+from parallel.distributed import barrier, is_dist
+
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+
+def warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def is_complete(path: Path) -> bool:
+    return (path / ".metadata").is_file() and (path / "train_state.json").is_file()
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. Incomplete `step-*` directories are skipped with a warning."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for p in ckpt_dir.iterdir():
+        m = STEP_DIR.match(p.name)
+        if not m or not p.is_dir():
+            continue
+        if is_complete(p):
+            found.append((int(m.group(1)), p))
+        else:
+            warn(f"skipping incomplete checkpoint {p} (missing .metadata or train_state.json)")
+    return [p for _, p in sorted(found)]
+
+
+class Checkpointer:
+    def __init__(self, run_dir: str | Path, keep_last: int, rank: int):
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+        self.rank = rank
+
+    def resolve(self, resume: str) -> Path | None:
+        """The checkpoint `resume` names: none, auto (newest complete), or a directory."""
+        if resume in ("", "none"):
+            return None
+        if resume == "auto":
+            found = list_checkpoints(self.dir)
+            return found[-1] if found else None
+        path = Path(resume)
+        if not path.is_dir() or not is_complete(path):
+            warn(f"checkpoint {path} is missing or incomplete; starting without it")
+            return None
+        return path
+
+    def save(self, step: int, model, optimizer, train_state: dict, config_toml: str) -> Path:
+        final = self.dir / f"step-{step:07d}"
+        tmp = self.dir / f".tmp-step-{step:07d}"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        torch.save({"rng": rng_state()}, tmp / f"rank-{self.rank:05d}.pt")
+        barrier()
+        if self.rank == 0:
+            (tmp / "config.toml").write_text(config_toml)
+            write_json_synced(tmp / "train_state.json", train_state)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            fsync_dir(self.dir)
+            self.prune()
+        barrier()
+        return final
+
+    def prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        for old in list_checkpoints(self.dir)[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.dir.glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def load(self, path: Path, model, optimizer) -> dict:
+        """Load model, optimizer and this rank's RNG from `path`; returns the train state."""
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        rank_file = path / f"rank-{self.rank:05d}.pt"
+        if rank_file.is_file():
+            set_rng_state(torch.load(rank_file, weights_only=False)["rng"])
+        else:
+            warn(f"{rank_file.name} not in {path} (world size changed?); RNG state not restored")
+        return json.loads((path / "train_state.json").read_text())
+
+
+def load_model_weights(path: str | Path, model) -> None:
+    """Model weights only (for evaluation), from a checkpoint written by any parallel layout."""
+    sd = {"model": get_model_state_dict(model)}
+    dcp.load(sd, checkpoint_id=str(path))
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, sd["model"], options=StateDictOptions(strict=True))
+
+
+def write_json_synced(path: Path, obj) -> None:
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["Checkpointer", "list_checkpoints", "is_complete", "load_model_weights", "is_dist"]

@@ -1,0 +1,179 @@
+"""The training loop: one function, `train(cfg)`, used by `python -m train` and by tests.
+
+A step = grad_accum micro-batches per data-parallel rank. The loss is the mean over every
+label token of the global step (all ranks, all micro-batches): each micro-batch's summed
+cross-entropy is divided by the global label count, computed before the backward passes,
+so the result does not depend on how tokens are split across ranks or micro-batches.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import models
+from data.batch import IGNORE_INDEX
+from data.loader import build_loader
+from parallel import ParallelDims, parallelize
+from parallel.distributed import all_reduce, barrier, init_distributed
+from train.checkpoint import Checkpointer
+from train.config import Config, dump_toml
+from train.metrics import TensorBoardLogger, max_memory_gb, peak_flops
+from train.optim import build_optimizer, lr_at
+from train.preemption import REQUEUE_EXIT_CODE, StopFlag
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)   # one per step run in this call
+    final_step: int = 0
+    exit_code: int = 0
+    run_dir: str = ""
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("error: train.device='cuda' but no CUDA device is visible; use train.device=cpu")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def train(cfg: Config, log=print) -> TrainResult:
+    device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world, _ = init_distributed(device.type)
+    dims = ParallelDims.from_config(cfg.parallel, world)
+    dp_rank, dp_size = rank, dims.dp   # data-parallel only until the mesh-based layouts land
+    is_main = rank == 0
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    model = models.build(cfg.model)
+    param_dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
+    model = model.to(device=device, dtype=param_dtype)
+    seq_len = cfg.data.seq_len
+    flops_tok = models.flops_per_token(model, seq_len)
+    n_params = sum(p.numel() for p in model.parameters())
+    model = parallelize(model, dims, cfg, device)
+    optimizer = build_optimizer(model, cfg.optim, device)
+    loader = build_loader(cfg.data, dp_rank, dp_size)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if device.type == "cuda" and cfg.train.dtype in ("auto", "bfloat16") else nullcontext())
+
+    run_dir = Path(cfg.train.run_dir)
+    ckpt = Checkpointer(run_dir, cfg.checkpoint.keep_last, rank)
+    config_toml = dump_toml(cfg)
+    step = 0
+    resume_from = ckpt.resolve(cfg.checkpoint.resume)
+    if resume_from is not None:
+        state = ckpt.load(resume_from, model, optimizer)
+        step = int(state["step"])
+        loader.load_state_dict(state["data"])
+        if is_main:
+            log(f"resumed from {resume_from} at step {step}")
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(config_toml)
+    tb = TensorBoardLogger(run_dir, cfg.metrics.tensorboard and is_main)
+    tb.text("config", "```\n" + config_toml + "\n```", step)
+    if is_main:
+        log(f"model: {cfg.model.pattern}  params {n_params / 1e6:.2f}M  {flops_tok / 1e6:.1f} MFLOP/token  "
+            f"world {world} (dp {dims.dp})  device {device.type}")
+
+    def save(at_step: int) -> None:
+        ckpt.save(at_step, model, optimizer, {"step": at_step, "data": loader.state_dict()}, config_toml)
+
+    stop = StopFlag(cfg.train.time_limit).install()
+    peak = peak_flops(device)
+    result = TrainResult(run_dir=str(run_dir))
+    total = cfg.train.steps
+    t_start, steps_timed = time.perf_counter(), 0
+    last_saved = step if resume_from is not None else -1
+    tokens_per_step_device = cfg.data.batch_size * seq_len * cfg.train.grad_accum
+    while step < total:
+        t0 = time.perf_counter()
+        lr = lr_at(step, total, cfg.optim)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batches = [loader.next_batch().to(device) for _ in range(cfg.train.grad_accum)]
+        local_count = sum(b.num_label_tokens() for b in batches)
+        global_count = int(all_reduce(torch.tensor([local_count], dtype=torch.float64)).item())
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for i, b in enumerate(batches):
+            sync = nullcontext() if (dims.dp == 1 or i == len(batches) - 1) else model.no_sync()
+            with sync:
+                with autocast:
+                    logits = model(b.tokens, b.positions, b.doc_ids)
+                ce = F.cross_entropy(logits.float().flatten(0, 1), b.labels.flatten(),
+                                     ignore_index=IGNORE_INDEX, reduction="sum")
+                # DDP averages gradients over dp ranks; scale so the result is the global token mean.
+                (ce * (dims.dp / max(1, global_count))).backward()
+            loss_sum += ce.detach().double()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        # one all-reduce carries the loss and every rank's stop vote
+        stats = all_reduce(torch.stack([loss_sum.cpu(), torch.tensor(float(stop.local()), dtype=torch.float64)]))
+        loss = stats[0].item() / max(1, global_count)
+        stop_now = stats[1].item() > 0
+        result.losses.append(loss)
+        dt = time.perf_counter() - t0
+        steps_timed += 1
+        if is_main and (step % cfg.train.log_every == 0 or step == total or step == 1 or stop_now):
+            tps = tokens_per_step_device / dt
+            avg = (time.perf_counter() - t_start) / steps_timed
+            log(f"step {step:>6}/{total} | loss {loss:.4f} | lr {lr:.2e} | grad {float(grad_norm):.3f} "
+                f"| {tps:,.0f} tok/s/dev | eta {format_eta(avg * (total - step))}")
+        if is_main and cfg.metrics.tensorboard and (step % cfg.metrics.log_every == 0 or step == total):
+            tps = tokens_per_step_device / dt / dims.model_parallel
+            tb.scalars(step, {
+                "train/loss": loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
+                "perf/tokens_per_sec_per_device": tps,
+                "perf/mfu": (tps * flops_tok / peak) if peak else None,
+                "perf/max_memory_gb": max_memory_gb(device),
+                "data/seq_len": seq_len, "data/batch_size": cfg.data.batch_size,
+            })
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at step {step}; lower optim.lr or check the data")
+        every = cfg.checkpoint.every
+        if stop_now or (every > 0 and step % every == 0) or (step == total and cfg.checkpoint.save_final):
+            save(step)
+            last_saved = step
+        if stop_now:
+            if is_main:
+                log(f"stopping at step {step} ({stop.reason}); checkpoint saved, exit {REQUEUE_EXIT_CODE} to requeue")
+            result.exit_code = REQUEUE_EXIT_CODE
+            break
+    if step >= total and is_main and resume_from is not None and not result.losses:
+        log(f"nothing to do: the checkpoint is already at train.steps={total}")
+    del last_saved
+    tb.flush()
+    tb.close()
+    barrier()
+    result.final_step = step
+    return result
+
+
+def main_entry(cfg: Config) -> int:
+    result = train(cfg)
+    sys.stdout.flush()
+    return result.exit_code
