@@ -14,8 +14,12 @@ from parallel.dims import LayoutError, ParallelDims
 __all__ = ["ParallelDims", "LayoutError", "parallelize", "apply_activation_checkpointing"]
 
 
-def parallelize(model: nn.Module, dims: ParallelDims, cfg, device: torch.device) -> nn.Module:
-    """Apply the configured parallelism to `model` (already on `device`); returns the module to train."""
+def parallelize(model: nn.Module, pstate, cfg, device: torch.device) -> nn.Module:
+    """Apply the configured parallelism to `model` (already on `device`); returns the module to train.
+
+    `pstate` is the run's parallel.layout.ParallelState; sequence parallelism sets pstate.sp_hooks.
+    """
+    dims = pstate.dims
     for name in ("tp", "pp", "sp"):
         if getattr(dims, name) > 1:
             raise LayoutError(f"parallel.{name}={getattr(dims, name)} is not implemented yet; set parallel.{name}=1")
@@ -24,11 +28,11 @@ def parallelize(model: nn.Module, dims: ParallelDims, cfg, device: torch.device)
     if cfg.train.compile:
         for block in model.layers:
             block.compile()
-    if dims.dp > 1:
+    if dims.dp * dims.sp > 1:
         if cfg.parallel.engine != "ddp":
             raise LayoutError(f"parallel.engine={cfg.parallel.engine!r} is not implemented yet; use 'ddp'")
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
-        model = DDP(model, device_ids=ids, broadcast_buffers=False)
+        model = DDP(model, device_ids=ids, process_group=pstate.grad_group)
     return model

@@ -11,12 +11,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import tomllib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.config import ModelConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):

@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import models
-from data.batch import IGNORE_INDEX
 from data.loader import build_loader
-from parallel import ParallelDims, parallelize
-from parallel.distributed import all_reduce, barrier, init_distributed
+from parallel import parallelize
+from parallel.distributed import all_reduce, barrier
+from parallel.layout import setup_parallel
 from train.checkpoint import Checkpointer
 from train.config import Config, dump_toml
 from train.metrics import TensorBoardLogger, max_memory_gb, peak_flops
 from train.optim import build_optimizer, lr_at
 from train.preemption import REQUEUE_EXIT_CODE, StopFlag
+from train.step import forward_backward
 
 
 @dataclass
@@ -57,9 +57,8 @@ def format_eta(seconds: float) -> str:
 
 def train(cfg: Config, log=print) -> TrainResult:
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
-    rank, world, _ = init_distributed(device.type)
-    dims = ParallelDims.from_config(cfg.parallel, world)
-    dp_rank, dp_size = rank, dims.dp   # data-parallel only until the mesh-based layouts land
+    pstate = setup_parallel(cfg, device)
+    dims, rank, world = pstate.dims, pstate.rank, pstate.world
     is_main = rank == 0
     torch.manual_seed(cfg.train.seed)
     if cfg.train.deterministic:
@@ -71,9 +70,9 @@ def train(cfg: Config, log=print) -> TrainResult:
     seq_len = cfg.data.seq_len
     flops_tok = models.flops_per_token(model, seq_len)
     n_params = sum(p.numel() for p in model.parameters())
-    model = parallelize(model, dims, cfg, device)
+    model = parallelize(model, pstate, cfg, device)
     optimizer = build_optimizer(model, cfg.optim, device)
-    loader = build_loader(cfg.data, dp_rank, dp_size)
+    loader = build_loader(cfg.data, pstate.dp_rank, dims.dp)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if device.type == "cuda" and cfg.train.dtype in ("auto", "bfloat16") else nullcontext())
 
@@ -105,34 +104,25 @@ def train(cfg: Config, log=print) -> TrainResult:
     result = TrainResult(run_dir=str(run_dir))
     total = cfg.train.steps
     t_start, steps_timed = time.perf_counter(), 0
-    last_saved = step if resume_from is not None else -1
     tokens_per_step_device = cfg.data.batch_size * seq_len * cfg.train.grad_accum
     while step < total:
         t0 = time.perf_counter()
         lr = lr_at(step, total, cfg.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batches = [loader.next_batch().to(device) for _ in range(cfg.train.grad_accum)]
-        local_count = sum(b.num_label_tokens() for b in batches)
-        global_count = int(all_reduce(torch.tensor([local_count], dtype=torch.float64)).item())
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for i, b in enumerate(batches):
-            sync = nullcontext() if (dims.dp == 1 or i == len(batches) - 1) else model.no_sync()
-            with sync:
-                with autocast:
-                    logits = model(b.tokens, b.positions, b.doc_ids)
-                ce = F.cross_entropy(logits.float().flatten(0, 1), b.labels.flatten(),
-                                     ignore_index=IGNORE_INDEX, reduction="sum")
-                # DDP averages gradients over dp ranks; scale so the result is the global token mean.
-                (ce * (dims.dp / max(1, global_count))).backward()
-            loss_sum += ce.detach().double()
+        batches = [loader.next_batch().seq_slice(pstate.sp_rank, dims.sp).to(device)
+                   for _ in range(cfg.train.grad_accum)]
+        counts = float(pstate.is_loss_rank) * sum(b.num_label_tokens() for b in batches)
+        global_count = int(all_reduce(torch.tensor([counts], dtype=torch.float64)).item())
+        loss_sum = forward_backward(model, batches, pstate, global_count, autocast)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         # one all-reduce carries the loss and every rank's stop vote
-        stats = all_reduce(torch.stack([loss_sum.cpu(), torch.tensor(float(stop.local()), dtype=torch.float64)]))
+        stats = all_reduce(torch.stack([loss_sum * float(pstate.is_loss_rank),
+                                        torch.tensor(float(stop.local()), dtype=torch.float64)]))
         loss = stats[0].item() / max(1, global_count)
         stop_now = stats[1].item() > 0
         result.losses.append(loss)
@@ -157,7 +147,6 @@ def train(cfg: Config, log=print) -> TrainResult:
         every = cfg.checkpoint.every
         if stop_now or (every > 0 and step % every == 0) or (step == total and cfg.checkpoint.save_final):
             save(step)
-            last_saved = step
         if stop_now:
             if is_main:
                 log(f"stopping at step {step} ({stop.reason}); checkpoint saved, exit {REQUEUE_EXIT_CODE} to requeue")
@@ -165,7 +154,6 @@ def train(cfg: Config, log=print) -> TrainResult:
             break
     if step >= total and is_main and resume_from is not None and not result.losses:
         log(f"nothing to do: the checkpoint is already at train.steps={total}")
-    del last_saved
     tb.flush()
     tb.close()
     barrier()
