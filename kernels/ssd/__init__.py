@@ -1,0 +1,40 @@
+"""SSD (Mamba-2) scan: reference recurrence, chunked PyTorch path, and the dispatcher `ssd`.
+
+Contract (binding for the Triton and sequence-parallel code): see reference.py for shapes,
+the recurrence, document resets and initial/final states. Final states are returned in the
+accumulation dtype (float32, or float64 for float64 inputs) so state passing loses nothing.
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels.dispatch import kernel_mode
+from kernels.ssd.chunked import ssd_chunked
+from kernels.ssd.reference import ssd_reference
+
+__all__ = ["ssd", "ssd_reference", "ssd_chunked", "select_ssd_path"]
+
+
+def select_ssd_path(x: torch.Tensor) -> str:
+    """Name of the path `ssd` takes for x: 'reference' or 'torch' (fused paths plug in here)."""
+    return "reference" if kernel_mode() == "reference" else "torch"
+
+
+def ssd(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    doc_ids: torch.Tensor | None = None,
+    return_final_state: bool = False,
+    chunk_size: int = 64,
+):
+    """y [b,t,h,p] (and the final state [b,h,p,n]); the fastest available path."""
+    kwargs = dict(D=D, initial_state=initial_state, doc_ids=doc_ids, return_final_state=return_final_state)
+    if select_ssd_path(x) == "reference":
+        return ssd_reference(x, dt, A, B, C, **kwargs)
+    return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, **kwargs)
