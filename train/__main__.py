@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from train.loop import train
     from parallel.dims import LayoutError
+    from train.loop import train
 
     try:
         result = train(cfg)

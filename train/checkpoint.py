@@ -17,12 +17,11 @@ import random
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import warnings
-
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
