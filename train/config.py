@@ -107,6 +107,10 @@ class EvalConfig:
     passkey_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024])
     passkey_depths: int = 5
     passkey_trials: int = 2
+    loss_length: int = 0              # loss-by-position length in tokens (0 = loss_multiple × data.seq_len)
+    loss_multiple: int = 4
+    loss_rows: int = 2                # rows averaged for loss by position (0 disables it)
+    seed: int = 0
 
 
 @dataclass
