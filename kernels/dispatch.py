@@ -24,3 +24,20 @@ def has_module(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+# Tests set this to True so fused kernels allocate their outputs filled with NaN (poisoned):
+# an element a kernel forgets to write then fails the comparison instead of passing on luck.
+POISON_OUTPUTS = False
+
+
+def empty_output(shape, *, dtype, device, like=None):
+    """torch.empty for kernel outputs, or a NaN-filled tensor while POISON_OUTPUTS is set."""
+    import torch
+
+    if like is not None:
+        shape, dtype, device = like.shape, like.dtype, like.device
+    if POISON_OUTPUTS:
+        fill = float("nan") if dtype.is_floating_point else -(2**30)
+        return torch.full(shape, fill, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)

@@ -3,7 +3,8 @@
 `attention(q, k, v, ...)` takes q [B, Tq, H, D], k/v [B, Tk, Hkv, D] (GQA/MQA un-expanded),
 honours causal masking, a sliding window and document boundaries (doc_ids), and global
 query/key offsets (for blocks of a sequence split across ranks). See masks.py for the exact
-visibility rule. Paths: reference (materialised scores), torch SDPA, flash-attn varlen.
+visibility rule. Paths: reference (materialised scores), torch SDPA, flash-attn varlen, and our
+fused Triton kernel (triton.py, imported lazily so TRITON_INTERPRET can be set first).
 """
 from __future__ import annotations
 
@@ -11,24 +12,49 @@ import torch
 
 from kernels.attention.flash_varlen import attention_flash_varlen
 from kernels.attention.flash_varlen import supports as flash_supports
-from kernels.attention.masks import visible_mask
+from kernels.attention.masks import is_plain_causal, visible_mask
 from kernels.attention.reference import attention_reference
 from kernels.attention.sdpa import attention_sdpa
-from kernels.dispatch import kernel_mode
+from kernels.dispatch import has_module, kernel_mode
+
+TRITON_AVAILABLE = has_module("triton")
+TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)  # kept in step with kernels/attention/triton.py (imported lazily)
 
 __all__ = ["attention", "attention_reference", "attention_sdpa", "visible_mask", "select_attention_path"]
 
 
-def select_attention_path(q: torch.Tensor, tk: int, q_offset: int, k_offset: int, return_lse: bool) -> str:
-    """Name of the path `attention` will take for these inputs."""
+def _triton_ok(q: torch.Tensor) -> bool:
+    """Our Triton kernel can take q on a CUDA device (head dim 16..256, power of two)."""
+    return (q.is_cuda and TRITON_AVAILABLE and q.shape[-1] in TRITON_HEAD_DIMS
+            and q.dtype in (torch.float16, torch.bfloat16, torch.float32))
+
+
+def select_attention_path(q: torch.Tensor, tk: int, q_offset: int, k_offset: int, return_lse: bool,
+                          plain_causal: bool = False) -> str:
+    """Name of the path `attention` will take for these inputs.
+
+    auto: flash-attn (packed self-attention) > our Triton kernel on CUDA whenever the LSE or a
+    mask other than the plain causal triangle is needed (SDPA exposes no LSE on CUDA and turns
+    masks into a materialised [T, T] bias) > SDPA. LONGWEAVE_KERNELS=triton forces Triton
+    (CUDA, or the CPU interpreter with TRITON_INTERPRET=1)."""
     mode = kernel_mode()
     if mode == "reference":
         return "reference"
+    if mode == "triton":
+        return "triton"
     if mode == "auto" and flash_supports(q, q.shape[1], tk, q_offset, k_offset):
         return "flash_attn"
+    if mode == "auto" and _triton_ok(q) and (return_lse or not plain_causal):
+        return "triton"
     if q.device.type != "cpu" and return_lse:
-        return "reference"  # SDPA on CUDA does not expose the LSE; the fused kernels cover this case
+        return "reference"  # SDPA on CUDA does not expose the LSE and Triton is unavailable or not forced
     return "sdpa"
+
+
+def _attention_triton(q, k, v, **kwargs):
+    from kernels.attention.triton import attention_triton
+
+    return attention_triton(q, k, v, **kwargs)
 
 
 def attention(
@@ -48,8 +74,10 @@ def attention(
     """Output [B, Tq, H, D], and the LSE [B, H, Tq] (fp32) when return_lse."""
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"query heads {q.shape[2]} must be a multiple of kv heads {k.shape[2]}")
-    path = select_attention_path(q, k.shape[1], q_offset, k_offset, return_lse)
-    fn = {"reference": attention_reference, "flash_attn": attention_flash_varlen, "sdpa": attention_sdpa}[path]
+    plain = is_plain_causal(q.shape[1], k.shape[1], causal, window, q_doc_ids, q_offset, k_offset)
+    path = select_attention_path(q, k.shape[1], q_offset, k_offset, return_lse, plain_causal=plain)
+    fn = {"reference": attention_reference, "flash_attn": attention_flash_varlen, "sdpa": attention_sdpa,
+          "triton": _attention_triton}[path]
     kwargs = dict(causal=causal, window=window, q_doc_ids=q_doc_ids, k_doc_ids=k_doc_ids,
                   q_offset=q_offset, k_offset=k_offset, scale=scale)
     if fn is attention_reference:

@@ -1,0 +1,173 @@
+"""Triton kernels for FlashAttention-style attention: forward (with LSE), dQ, dK/dV.
+
+Imported only when the Triton path runs (kernels.attention.triton), so TRITON_INTERPRET can be
+set before `triton.jit` sees these functions. Layout: q [B, Tq, H, D], k/v [B, Tk, Hkv, D] with a
+unit stride on D; query head h reads kv head h // REP (GQA/MQA without expanding K/V).
+
+Visibility follows kernels/attention/masks.py exactly, with diff = (q_offset + i) - (k_offset + j):
+causal diff >= 0; window diff < window (and diff > -window without causal); equal doc ids.
+Every loop over the other side's blocks is split into [masked | unmasked | masked] ranges so the
+bulk of a causal/windowed sweep skips the per-element mask math; blocks whose document-id ranges
+cannot overlap are skipped entirely (packed rows: most cross-document work disappears).
+A query row that sees no key gets o = 0 and lse = -inf; its gradients are 0.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _dot(a, b, DOT_PREC: tl.constexpr):
+    """tl.dot; "upcast" multiplies bf16 tiles as exact fp32 copies (the CPU interpreter's bf16
+    dot is broken in Triton 3.7; products of bf16 values are exact in fp32, so numerics match)."""
+    if DOT_PREC == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=DOT_PREC)
+
+
+@triton.jit
+def _split_ranges(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
+    """Block-aligned [lo0, first) masked, [first, last) unmasked, [last, hi) masked."""
+    lo0 = (tl.maximum(lo, 0) // BLOCK) * BLOCK
+    hi = tl.maximum(hi, lo0)
+    first = lo0 + tl.cdiv(tl.maximum(full_lo - lo0, 0), BLOCK) * BLOCK
+    last = lo0 + (tl.maximum(full_hi - lo0, 0) // BLOCK) * BLOCK
+    if last <= first:
+        first = lo0 + tl.cdiv(hi - lo0, BLOCK) * BLOCK
+        last = first
+    return lo0, first, last, hi
+
+
+@triton.jit
+def _mask_scores(s, rows, cols, NR, NC, shift, window, row_doc, col_doc,
+                 BOUNDS: tl.constexpr, MASK_POS: tl.constexpr, CAUSAL: tl.constexpr,
+                 HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, TRANS: tl.constexpr = False):
+    """-inf where (query i = rows, key j = cols) is invisible; diff = shift + i - j.
+
+    s is [rows, cols], or [cols, rows] with TRANS (the dK/dV kernel keeps keys as rows)."""
+    if TRANS:
+        qi = rows[None, :]
+        kj = cols[:, None]
+        qd = row_doc[None, :]
+        kd = col_doc[:, None]
+    else:
+        qi = rows[:, None]
+        kj = cols[None, :]
+        qd = row_doc[:, None]
+        kd = col_doc[None, :]
+    if BOUNDS:
+        s = tl.where((qi < NR) & (kj < NC), s, float("-inf"))
+    if MASK_POS:
+        diff = shift + qi - kj
+        if CAUSAL:
+            s = tl.where(diff >= 0, s, float("-inf"))
+        if HAS_WINDOW:
+            if CAUSAL:
+                s = tl.where(diff < window, s, float("-inf"))
+            else:
+                s = tl.where((diff < window) & (diff > -window), s, float("-inf"))
+    if HAS_DOC:
+        s = tl.where(qd == kd, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _fwd_range(acc, l_i, m_i, q, K, V, KDOC, start, end, rows, offs_n, offs_d, TQ, TK, shift, window,
+               qk_scale, qdoc, qdoc_min, qdoc_max, stride_kt, stride_vt,
+               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, DOT_PREC: tl.constexpr):
+    for start_n in range(start, end, BLOCK_N):
+        cols = start_n + offs_n
+        kdoc = qdoc_min
+        go = True
+        if HAS_DOC:
+            kdoc = tl.load(KDOC + cols, mask=cols < TK, other=-1)
+            kd_valid = tl.where(cols < TK, kdoc, qdoc_min)
+            go = (tl.max(kd_valid, 0) >= qdoc_min) & (tl.min(kd_valid, 0) <= qdoc_max)
+        if go:
+            if MASKED:
+                kt = tl.load(K + cols[None, :] * stride_kt + offs_d[:, None], mask=cols[None, :] < TK, other=0.0)
+                v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :], mask=cols[:, None] < TK, other=0.0)
+            else:
+                kt = tl.load(K + cols[None, :] * stride_kt + offs_d[:, None])
+                v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+            s = _dot(q, kt, DOT_PREC) * qk_scale
+            s = _mask_scores(s, rows, cols, TQ, TK, shift, window, qdoc, kdoc, MASKED, MASKED, CAUSAL,
+                             HAS_WINDOW, HAS_DOC)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
+            m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def attn_fwd_kernel(Q, K, V, OUT, LSE, QDOC, KDOC,
+                    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
+                    stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
+                    stride_qdb, stride_kdb, H, REP, TQ, TK, shift, window, qk_scale,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr,
+                    DOT_PREC: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    hk = h // REP
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    Q = Q + b * stride_qb + h * stride_qh
+    K = K + b * stride_kb + hk * stride_kh
+    V = V + b * stride_vb + hk * stride_vh
+    q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :], mask=rows[:, None] < TQ, other=0.0)
+    qdoc = rows
+    qdoc_min = 0
+    qdoc_max = 0
+    if HAS_DOC:
+        QDOC = QDOC + b * stride_qdb
+        KDOC = KDOC + b * stride_kdb
+        qdoc = tl.load(QDOC + rows, mask=rows < TQ, other=-2)
+        qdoc_min = tl.min(tl.where(rows < TQ, qdoc, 2147483647), 0)
+        qdoc_max = tl.max(qdoc, 0)
+    # key range visible to rows [start_m, start_m + BLOCK_M) and the part visible to all of them
+    lo = 0
+    hi = TK
+    full_lo = 0
+    full_hi = TK
+    if CAUSAL:
+        hi = tl.minimum(hi, shift + start_m + BLOCK_M)
+        full_hi = shift + start_m + 1
+    if HAS_WINDOW:
+        lo = shift + start_m - window + 1
+        full_lo = shift + start_m + BLOCK_M - window
+        if not CAUSAL:
+            hi = tl.minimum(hi, shift + start_m + BLOCK_M - 1 + window)
+            full_hi = shift + start_m + window
+    full_hi = tl.minimum(full_hi, TK)
+    lo0, first, last, hi = _split_ranges(lo, hi, full_lo, full_hi, BLOCK_N)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    acc, l_i, m_i = _fwd_range(acc, l_i, m_i, q, K, V, KDOC, lo0, first, rows, offs_n, offs_d, TQ, TK,
+                               shift, window, qk_scale, qdoc, qdoc_min, qdoc_max, stride_kt, stride_vt,
+                               BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_DOC, DOT_PREC)
+    acc, l_i, m_i = _fwd_range(acc, l_i, m_i, q, K, V, KDOC, first, last, rows, offs_n, offs_d, TQ, TK,
+                               shift, window, qk_scale, qdoc, qdoc_min, qdoc_max, stride_kt, stride_vt,
+                               BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_DOC, DOT_PREC)
+    acc, l_i, m_i = _fwd_range(acc, l_i, m_i, q, K, V, KDOC, last, hi, rows, offs_n, offs_d, TQ, TK,
+                               shift, window, qk_scale, qdoc, qdoc_min, qdoc_max, stride_kt, stride_vt,
+                               BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_DOC, DOT_PREC)
+    empty = l_i == 0.0
+    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+    OUT = OUT + b * stride_ob + h * stride_oh
+    tl.store(OUT + rows[:, None] * stride_ot + offs_d[None, :], o.to(OUT.dtype.element_ty), mask=rows[:, None] < TQ)
+    tl.store(LSE + bh.to(tl.int64) * TQ + rows, lse, mask=rows < TQ)
