@@ -1,0 +1,88 @@
+"""A shard directory as a random-access corpus of documents.
+
+Construction validates the manifest against the files (missing shard, lengths.npy disagreeing
+with the counts → ManifestError at start). A shard whose byte size differs from the manifest is
+read at start to find the first bad sample: without `skip_corrupt` that is a CorruptShardError
+naming shard and sample; with it the unreadable documents get length 0 in the layout (every
+rank computes the same layout, so all ranks still agree on every batch) and a counted warning.
+
+Damage that only shows when a shard is read mid-run (same size, bad bytes) cannot change the
+layout any more; with `skip_corrupt` the document is returned as None and the packer masks its
+tokens out of the loss (counted warning), otherwise the read raises.
+"""
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from data.manifest import Manifest, ManifestError, check_files, read_lengths, read_manifest
+from data.shards import read_shard
+
+
+class ShardCorpus:
+    def __init__(self, directory: str | Path, skip_corrupt: bool = False, cache_shards: int = 4, log=None):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise ManifestError(f"data.path={str(directory)!r} is not a directory; point it at a "
+                                "`python -m data.prepare` output")
+        self.manifest: Manifest = read_manifest(self.directory)
+        self.skip_corrupt = skip_corrupt
+        self.cache_shards = cache_shards
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.written_lengths = read_lengths(self.directory, self.manifest)   # per shard, as written
+        self.lengths = [x.copy() for x in self.written_lengths]              # the layout's (0 = excluded)
+        self.first_doc = np.concatenate([[0], np.cumsum([len(x) for x in self.lengths])]).astype(np.int64)
+        self.problems: list[str] = []
+        self._cache: OrderedDict[int, list[np.ndarray | None]] = OrderedDict()
+        names = [s.name for s in self.manifest.shards]
+        for name in check_files(self.directory, self.manifest):
+            s = names.index(name)
+            docs, problems = read_shard(self.directory / name, self.written_lengths[s], int(self.first_doc[s]),
+                                        skip_corrupt)
+            if not problems:
+                raise ManifestError(f"shard {name} is {(self.directory / name).stat().st_size} bytes but the "
+                                    f"manifest says {self.manifest.shards[s].bytes}; re-run data.prepare")
+            self.lengths[s] = np.asarray([0 if d is None else len(d) for d in docs], dtype=np.int64)
+            for p in problems:
+                self.report(p)
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest.vocab_size
+
+    def report(self, problem: str) -> None:
+        """Count and log one skipped sample (only reachable with skip_corrupt)."""
+        if problem in self.problems:      # a shard re-read after eviction reports the same damage
+            return
+        self.problems.append(problem)
+        self.log(f"warning: skipping corrupt data: {problem} ({len(self.problems)} skipped so far)")
+
+    def shard_docs(self, s: int) -> list[np.ndarray | None]:
+        if s in self._cache:
+            self._cache.move_to_end(s)
+            return self._cache[s]
+        name = self.manifest.shards[s].name
+        docs, problems = read_shard(self.directory / name, self.written_lengths[s], int(self.first_doc[s]),
+                                    self.skip_corrupt)
+        for p in problems:
+            self.report(p)
+        self._cache[s] = docs
+        while len(self._cache) > self.cache_shards:
+            self._cache.popitem(last=False)
+        return docs
+
+    def doc(self, s: int, i: int) -> np.ndarray | None:
+        """Document i of shard s, or None when it is corrupt and skip_corrupt is on."""
+        return self.shard_docs(s)[i]
+
+    def locate(self, global_doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, index in shard) of global document indices."""
+        s = np.searchsorted(self.first_doc, global_doc, side="right") - 1
+        return s, global_doc - self.first_doc[s]

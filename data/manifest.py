@@ -1,0 +1,120 @@
+"""manifest.json: what a shard directory holds, checked before a run starts.
+
+    {"format": "longweave-shards", "version": 1, "tokenizer": "byte", "vocab_size": 259, "eos": 257,
+     "dtype": "uint16", "documents": N, "tokens": M, "lengths": "lengths.npy",
+     "shards": [{"name": "shard-000000.tar", "documents": n, "tokens": t, "bytes": b}, ...],
+     "skipped": {...}, "created": {...}}
+
+`lengths.npy` holds every document's token count in shard order. The loader lays out its
+whole token stream from it without reading a shard, which is what makes its order a pure
+function of (seed, epoch, position). `validate` compares the manifest with the files on disk
+(presence, byte sizes, per-shard counts vs lengths.npy) so a mismatch stops the run at start,
+not hours into it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "longweave-shards"
+MANIFEST = "manifest.json"
+LENGTHS = "lengths.npy"
+
+
+class ManifestError(ValueError):
+    """The shard directory and its manifest disagree (one-line message)."""
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    documents: int
+    tokens: int
+    bytes: int
+
+
+@dataclass
+class Manifest:
+    tokenizer: str
+    vocab_size: int
+    eos: int
+    dtype: str
+    shards: list[ShardInfo]
+    skipped: dict = field(default_factory=dict)
+    created: dict = field(default_factory=dict)
+    lengths_file: str = LENGTHS
+
+    @property
+    def documents(self) -> int:
+        return sum(s.documents for s in self.shards)
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.shards)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": 1, "tokenizer": self.tokenizer, "vocab_size": self.vocab_size,
+                "eos": self.eos, "dtype": self.dtype, "documents": self.documents, "tokens": self.tokens,
+                "lengths": self.lengths_file, "shards": [vars(s) for s in self.shards],
+                "skipped": self.skipped, "created": self.created}
+
+    def write(self, directory: str | Path) -> None:
+        path = Path(directory) / MANIFEST
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        tmp.replace(path)
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ManifestError(f"{path} not found; write shards with `python -m data.prepare --output {directory} ...`")
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("format") != FORMAT:
+            raise ManifestError(f"{path} is not a longweave shard manifest (format={raw.get('format')!r})")
+        shards = [ShardInfo(s["name"], int(s["documents"]), int(s["tokens"]), int(s["bytes"]))
+                  for s in raw["shards"]]
+        return Manifest(raw["tokenizer"], int(raw["vocab_size"]), int(raw["eos"]), raw["dtype"], shards,
+                        raw.get("skipped", {}), raw.get("created", {}), raw.get("lengths", LENGTHS))
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{path} is malformed ({type(e).__name__}: {e}); re-run data.prepare") from None
+
+
+def read_lengths(directory: str | Path, manifest: Manifest) -> list[np.ndarray]:
+    """Per-shard arrays of document lengths, checked against the manifest's counts."""
+    path = Path(directory) / manifest.lengths_file
+    if not path.is_file():
+        raise ManifestError(f"{path} (document lengths) is missing; re-run data.prepare for {directory}")
+    flat = np.load(path).astype(np.int64)
+    if len(flat) != manifest.documents:
+        raise ManifestError(f"{path} lists {len(flat)} documents but the manifest says {manifest.documents}; "
+                            "re-run data.prepare")
+    out, start = [], 0
+    for s in manifest.shards:
+        part = flat[start:start + s.documents]
+        start += s.documents
+        if int(part.sum()) != s.tokens:
+            raise ManifestError(f"shard {s.name}: lengths.npy sums to {int(part.sum())} tokens, manifest says "
+                                f"{s.tokens}; re-run data.prepare")
+        out.append(part)
+    return out
+
+
+def check_files(directory: str | Path, manifest: Manifest) -> list[str]:
+    """Raise if a listed shard is missing; return the names whose byte size differs (maybe truncated)."""
+    directory = Path(directory)
+    if not manifest.shards:
+        raise ManifestError(f"{directory / MANIFEST} lists no shards; the input had no usable documents")
+    mismatched = []
+    for s in manifest.shards:
+        p = directory / s.name
+        if not p.is_file():
+            raise ManifestError(f"shard {p} is listed in the manifest but missing; restore it or re-run data.prepare")
+        if p.stat().st_size != s.bytes:
+            mismatched.append(s.name)
+    return mismatched

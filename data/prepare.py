@@ -1,0 +1,236 @@
+"""Write webdataset token shards + manifest.json from text files (or the synthetic corpus).
+
+    python -m data.prepare --input corpus/ more.jsonl --output shards/ --tokenizer byte
+    python -m data.prepare --synthetic 20000 --output shards/          # the embedded corpus
+    options: --tokenizer byte|tiktoken:NAME|hf:PATH  --shard-tokens N  --workers K
+             --jsonl-field text  --seed S (synthetic)  --overwrite
+
+Inputs: .txt files (one document each), .jsonl files (one document per line, text under
+--jsonl-field), and directories searched recursively for both (sorted, so the order is
+reproducible). Every document gets the tokenizer's end marker. Unreadable files, non-UTF-8
+text and bad JSON lines are reported (file and count) and skipped, empty documents dropped;
+manifest.json records what was skipped. Tokenizing runs on K worker processes; the output
+is identical for any K (documents keep input order).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from data.manifest import LENGTHS, MANIFEST, Manifest
+from data.shards import ShardWriter, token_dtype
+from data.synthetic import synthetic_document
+from data.tokenizer import TokenizerError, get_tokenizer
+
+TEXT_SUFFIXES = (".txt", ".jsonl")
+TASK_DOCS = 64          # documents per task sent to a tokenizer worker
+
+
+class Skipped:
+    """Per-file problem counts (what manifest.json's "skipped" records)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, Counter] = {}
+        self.empty_documents = 0
+
+    def add(self, path: Path | str, reason: str, count: int = 1) -> None:
+        self.files.setdefault(str(path), Counter())[reason] += count
+
+    def to_json(self) -> dict:
+        return {"empty_documents": self.empty_documents,
+                "files": {p: dict(c) for p, c in self.files.items()},
+                "documents": sum(sum(c.values()) for c in self.files.values())}
+
+
+def find_inputs(paths: list[str], skipped: Skipped) -> list[Path]:
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in TEXT_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            skipped.add(p, "not found")
+    return found
+
+
+def iter_texts(files: list[Path], field: str, skipped: Skipped) -> Iterator[str]:
+    for path in files:
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            skipped.add(path, f"unreadable ({e.strerror or e})")
+            continue
+        if path.suffix == ".jsonl":
+            for line in raw.splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line.decode("utf-8"))[field]
+                    if not isinstance(text, str):
+                        raise TypeError
+                except UnicodeDecodeError:
+                    skipped.add(path, "non-UTF-8 line")
+                    continue
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    skipped.add(path, f"bad JSON line or no string field {field!r}")
+                    continue
+                yield text
+        else:
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                skipped.add(path, "non-UTF-8 text")
+
+
+_TOKENIZER = None
+
+
+def _init_worker(spec: str) -> None:
+    global _TOKENIZER
+    _TOKENIZER = get_tokenizer(spec)
+
+
+def _tokenize(task: tuple) -> list[np.ndarray]:
+    """A task is ("text", [str...]) or ("synthetic", seed, start, stop); empty documents come back empty."""
+    if task[0] == "synthetic":
+        _, seed, start, stop = task
+        texts = [synthetic_document(seed, i) for i in range(start, stop)]
+    else:
+        texts = task[1]
+    return [_TOKENIZER.encode_document(t) if t.strip() else np.empty(0, np.int64) for t in texts]
+
+
+def make_tasks(args, skipped: Skipped) -> Iterator[tuple]:
+    if args.synthetic:
+        for start in range(0, args.synthetic, TASK_DOCS):
+            yield ("synthetic", args.seed, start, min(args.synthetic, start + TASK_DOCS))
+        return
+    batch: list[str] = []
+    for text in iter_texts(find_inputs(args.input, skipped), args.jsonl_field, skipped):
+        batch.append(text)
+        if len(batch) == TASK_DOCS:
+            yield ("text", batch)
+            batch = []
+    if batch:
+        yield ("text", batch)
+
+
+class Progress:
+    """One status line on stderr: documents, tokens, docs/s, tokens/s (redrawn at most 4×/s)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.t0 = self.last = time.perf_counter()
+        self.docs = self.tokens = 0
+
+    def update(self, docs: int, tokens: int, shards: int, final: bool = False) -> None:
+        self.docs += docs
+        self.tokens += tokens
+        now = time.perf_counter()
+        if not self.enabled or (not final and now - self.last < 0.25):
+            return
+        self.last = now
+        dt = max(now - self.t0, 1e-9)
+        end = "\n" if final or not sys.stderr.isatty() else ""
+        print(f"\r{self.docs:,} docs  {self.tokens:,} tokens  {shards} shards  |  {self.docs / dt:,.0f} docs/s  "
+              f"{self.tokens / dt:,.0f} tokens/s", end=end, file=sys.stderr, flush=True)
+
+
+def prepare(args) -> Manifest:
+    out = Path(args.output)
+    if (out / MANIFEST).exists() and not args.overwrite:
+        raise SystemExit(f"error: {out / MANIFEST} exists; pass --overwrite or choose another --output")
+    if not args.synthetic and not args.input:
+        raise SystemExit("error: give --input PATH... or --synthetic N")
+    tokenizer = get_tokenizer("byte" if args.synthetic else args.tokenizer)
+    dtype = token_dtype(tokenizer.vocab_size)
+    skipped = Skipped()
+    writer = ShardWriter(out, dtype, args.shard_tokens)
+    progress = Progress(not args.quiet)
+    t0 = time.perf_counter()
+    tasks = make_tasks(args, skipped)
+    pool = None
+    if args.workers > 1:
+        pool = mp.get_context("fork").Pool(args.workers, _init_worker, (tokenizer.name,))
+        results = pool.imap(_tokenize, tasks, chunksize=1)
+    else:
+        _init_worker(tokenizer.name)
+        results = map(_tokenize, tasks)
+    try:
+        for docs in results:
+            n_tok = 0
+            for d in docs:
+                if len(d) == 0:
+                    skipped.empty_documents += 1
+                    continue
+                writer.add(d)
+                n_tok += len(d)
+            progress.update(len(docs), n_tok, len(writer.shards))
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    shards, lengths = writer.close()
+    progress.update(0, 0, len(shards), final=True)
+    np.save(out / LENGTHS, lengths)
+    seconds = time.perf_counter() - t0
+    manifest = Manifest(
+        tokenizer.name, int(tokenizer.vocab_size), int(tokenizer.eos), dtype, shards, skipped.to_json(),
+        {"args": sys.argv[1:] if args.argv is None else args.argv, "time": datetime.now(timezone.utc).isoformat(),
+         "inputs": args.input, "synthetic": args.synthetic, "seed": args.seed, "shard_tokens": args.shard_tokens,
+         "workers": args.workers, "seconds": round(seconds, 3),
+         "tokens_per_second": round(int(lengths.sum()) / max(seconds, 1e-9), 1)})
+    manifest.write(out)
+    for path, counts in skipped.files.items():
+        print(f"warning: skipped {sum(counts.values())} document(s) from {path}: "
+              + ", ".join(f"{k} ×{v}" for k, v in counts.items()), file=sys.stderr)
+    if skipped.empty_documents:
+        print(f"warning: dropped {skipped.empty_documents} empty document(s)", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {manifest.documents:,} documents, {manifest.tokens:,} tokens ({dtype}) in {len(shards)} "
+              f"shards to {out} in {seconds:.2f}s ({manifest.tokens / max(seconds, 1e-9):,.0f} tokens/s)")
+    return manifest
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
+    p.add_argument("--input", nargs="+", default=[], help=".txt / .jsonl files or directories of them")
+    p.add_argument("--output", required=True, help="shard directory to create")
+    p.add_argument("--tokenizer", default="byte", help="byte | tiktoken:NAME | hf:PATH (default byte)")
+    p.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard before starting a new one")
+    p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
+    p.add_argument("--jsonl-field", default="text", help="field holding the text in .jsonl lines")
+    p.add_argument("--synthetic", type=int, default=0, help="write N documents of the embedded synthetic corpus")
+    p.add_argument("--seed", type=int, default=1234, help="synthetic corpus seed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing manifest in --output")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    args.argv = argv
+    if args.shard_tokens <= 0 or args.workers < 0:
+        p.error("--shard-tokens must be > 0 and --workers >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        prepare(args)
+    except TokenizerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Webdataset token shards: writing and reading.
+
+A shard is a plain webdataset tar: one sample per document, key = the document's global index
+(10 digits), one member `<key>.tokens.npy` holding a 1-D uint16/uint32 array. Any webdataset
+pipeline can read it (`wds.WebDataset(url).decode()` gives sample["tokens.npy"]).
+
+Reading goes through webdataset's tar iterator and checks every sample against the lengths
+recorded at write time, so a truncated or corrupt shard is reported by shard and sample, never
+silently yields different tokens.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from webdataset import tariterators
+
+from data.manifest import ShardInfo
+
+MEMBER = "tokens.npy"
+
+
+class CorruptShardError(RuntimeError):
+    """A shard could not be read back as written (names the shard and the sample)."""
+
+
+def token_dtype(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def sample_key(doc_index: int) -> str:
+    return f"{doc_index:010d}"
+
+
+def encode_npy(tokens: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, tokens, allow_pickle=False)
+    return buf.getvalue()
+
+
+class ShardWriter:
+    """Writes documents into `<dir>/<prefix>-NNNNNN.tar`, starting a new shard past `shard_tokens`.
+
+    Documents never straddle shards. `close()` returns the ShardInfo list and the per-document
+    lengths in write order (what manifest.json and lengths.npy record).
+    """
+
+    def __init__(self, directory: str | Path, dtype: str, shard_tokens: int, prefix: str = "shard"):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.dtype = np.dtype(dtype)
+        self.max_value = np.iinfo(self.dtype).max
+        self.shard_tokens = shard_tokens
+        self.prefix = prefix
+        self.shards: list[ShardInfo] = []
+        self.lengths: list[int] = []
+        self._tar: wds.TarWriter | None = None
+        self._fh = None
+        self._docs = self._tokens = 0
+
+    def _open(self) -> None:
+        name = f"{self.prefix}-{len(self.shards):06d}.tar"
+        self._fh = open(self.directory / name, "wb")
+        self._tar = wds.TarWriter(self._fh, encoder=False, mtime=0.0)
+        self._name, self._docs, self._tokens = name, 0, 0
+
+    def _close_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._fh.close()
+        size = (self.directory / self._name).stat().st_size
+        self.shards.append(ShardInfo(self._name, self._docs, self._tokens, size))
+        self._tar = self._fh = None
+
+    def add(self, tokens: np.ndarray) -> None:
+        if len(tokens) == 0:
+            raise ValueError("empty documents are dropped before writing")
+        if int(tokens.max()) > self.max_value or int(tokens.min()) < 0:
+            raise ValueError(f"token id out of range for {self.dtype.name}")
+        if self._tar is None:
+            self._open()
+        key = sample_key(len(self.lengths))
+        self._tar.write({"__key__": key, MEMBER: encode_npy(tokens.astype(self.dtype))})
+        self.lengths.append(len(tokens))
+        self._docs += 1
+        self._tokens += len(tokens)
+        if self._tokens >= self.shard_tokens:
+            self._close_shard()
+
+    def close(self) -> tuple[list[ShardInfo], np.ndarray]:
+        self._close_shard()
+        return self.shards, np.asarray(self.lengths, dtype=np.int64)
+
+
+def read_shard(path: str | Path, lengths: np.ndarray, first_doc: int, skip_corrupt: bool = False,
+               ) -> tuple[list[np.ndarray | None], list[str]]:
+    """Every document of one shard, in order, checked against `lengths`.
+
+    Returns (docs, problems): docs[i] is None where sample i was unreadable (only with
+    skip_corrupt; otherwise the first problem raises CorruptShardError naming shard and sample).
+    """
+    path = Path(path)
+    n = len(lengths)
+    docs: list[np.ndarray | None] = [None] * n
+    problems: list[str] = []
+
+    def bad(i: int, why: str) -> None:
+        msg = f"shard {path.name} sample {sample_key(first_doc + i)} (#{i} in shard): {why}"
+        if not skip_corrupt:
+            raise CorruptShardError(msg + "; re-run data.prepare or set data.skip_corrupt=true")
+        problems.append(msg)
+
+    i, broken = 0, False
+    try:
+        with open(path, "rb") as fh:
+            stream = tariterators.tar_file_iterator(fh)
+            for item in stream:
+                if i >= n:
+                    bad(i, f"extra sample beyond the {n} the manifest lists")
+                    break
+                fname, data = item["fname"], item["data"]
+                if fname != f"{sample_key(first_doc + i)}.{MEMBER}":
+                    bad(i, f"unexpected member {fname!r}")
+                else:
+                    try:
+                        arr = np.load(io.BytesIO(data), allow_pickle=False)
+                        if arr.ndim != 1 or len(arr) != lengths[i]:
+                            raise ValueError(f"{arr.shape} tokens, lengths.npy says {int(lengths[i])}")
+                        docs[i] = arr
+                    except Exception as e:  # noqa: BLE001 - any decode failure is a corrupt sample
+                        bad(i, f"cannot decode tokens ({e})")
+                i += 1
+    except CorruptShardError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tar-level damage (truncation, bad header)
+        broken = True
+        bad(i, f"tar stream broken ({type(e).__name__}: {e})")
+    if i < n and not broken:
+        bad(i, f"shard ends after {i} of {n} samples (truncated)")
+    return docs, problems

@@ -1,0 +1,123 @@
+"""The streaming shard loader: exact resume, any number of workers and data-parallel ranks.
+
+`ShardLoader.next_batch()` returns this data-parallel rank's rows of the next global step.
+Steps are produced by `num_workers` processes (torch DataLoader over an IterableDataset):
+worker w of W materialises steps s ≡ w (mod W) counted from the resume point, and DataLoader
+hands results back round-robin, so batches arrive in step order whatever W is. The main
+process walks the same plan (data/plans.py) to keep the state of what it has *returned* —
+prefetched batches are not counted — so `state_dict()` after n batches resumes at batch n+1
+exactly, with any num_workers and any data-parallel size (the state is global).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data.batch import Batch
+from data.corpus import ShardCorpus
+from data.curriculum import SeqLenWarmup
+from data.decompose import decompose
+from data.layout import ConcatStream
+from data.plans import ConcatPlan, DDPlan
+
+
+class _Steps(IterableDataset):
+    """Yields (rows, new corrupt-sample messages) for the steps this worker owns."""
+
+    def __init__(self, plan, state: dict, dp_rank: int, corpus: ShardCorpus):
+        self.plan, self.state, self.dp_rank, self.corpus = plan, state, dp_rank, corpus
+
+    def __iter__(self):
+        info = get_worker_info()
+        w, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        state, index = dict(self.state), 0
+        while True:
+            spec = self.plan.spec(state)
+            if index % n_workers == w:
+                seen = len(self.corpus.problems)
+                rows = self.plan.materialize(spec, self.dp_rank)
+                yield rows, self.corpus.problems[seen:]
+            state = self.plan.advance(state, spec)
+            index += 1
+
+
+class ShardLoader:
+    """Batches from a `python -m data.prepare` directory (data.source = "shards")."""
+
+    def __init__(self, path: str, seq_len: int, batch_size: int, dp_rank: int = 0, dp_size: int = 1,
+                 seed: int = 0, num_workers: int = 0, skip_corrupt: bool = False, packing: str = "concat",
+                 warmup: SeqLenWarmup | None = None, dd_min_len: int = 64, dd_max_len: int = 0,
+                 dd_order: str = "uniform", log=None):
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank {dp_rank} outside 0..{dp_size - 1}")
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.seed, self.packing, self.num_workers = seed, packing, num_workers
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        if packing == "dd":
+            if warmup is not None:
+                raise ValueError("data.curriculum (sequence-length warmup) and data.packing='dd' do not combine; "
+                                 "Dataset Decomposition is its own length curriculum (data.dd_order)")
+            self.corpus = ShardCorpus(path, skip_corrupt, cache_shards=16, log=self.log)
+            max_len = dd_max_len or seq_len
+            dec = decompose(np.concatenate(self.corpus.lengths), dd_min_len, max_len, seed)
+            self.plan = DDPlan(self.corpus, dec, seed, batch_size, seq_len, dp_size, dd_order)
+        elif packing == "concat":
+            self.corpus = ShardCorpus(path, skip_corrupt, cache_shards=4, log=self.log)
+            length_at = warmup.length if warmup is not None else (lambda t: seq_len)
+            self.plan = ConcatPlan(ConcatStream(self.corpus, seed), batch_size, dp_size, length_at)
+        else:
+            raise ValueError(f"data.packing must be concat or dd; got {packing!r}")
+        self.state = self.plan.initial_state()
+        self.skipped: list[str] = list(self.corpus.problems)
+        self._iter = None
+        self._loader = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.corpus.vocab_size
+
+    def _start(self) -> None:
+        dataset = _Steps(self.plan, self.state, self.dp_rank, self.corpus)
+        if self.num_workers == 0:
+            self._iter = iter(dataset)
+            return
+        self._loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=4,
+                                  multiprocessing_context="fork")
+        self._iter = iter(self._loader)
+
+    def next_batch(self) -> Batch:
+        if self._iter is None:
+            self._start()
+        rows, problems = next(self._iter)
+        for p in problems:       # corrupt samples met by a worker: count once, log in this process
+            if p not in self.skipped:
+                self.skipped.append(p)
+                self.log(f"warning: skipped corrupt data: {p} ({len(self.skipped)} skipped so far)")
+        spec = self.plan.spec(self.state)
+        self.state = self.plan.advance(self.state, spec)
+        toks, labels, pos, doc = (torch.as_tensor(np.asarray(x)) for x in rows)
+        return Batch(toks.long(), labels.long(), pos.long(), doc.int())
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    def close(self) -> None:
+        """Stop the worker processes (they are also stopped when the loader is garbage-collected)."""
+        self._iter = self._loader = None
+
+    def state_dict(self) -> dict:
+        return {"source": "shards", "packing": self.packing, "seed": self.seed, **self.state,
+                "skipped_corrupt": len(self.skipped)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, want in (("source", "shards"), ("packing", self.packing), ("seed", self.seed)):
+            if state.get(key) != want:
+                raise ValueError(f"checkpoint's data state has {key}={state.get(key)!r} but this run uses "
+                                 f"{want!r}; resume with the same data settings")
+        fresh = self.plan.initial_state()
+        self.state = {k: state[k] for k in fresh}
+        self.close()
