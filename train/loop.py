@@ -24,9 +24,9 @@ from parallel.distributed import all_reduce, barrier
 from parallel.layout import setup_parallel
 from train.checkpoint import Checkpointer
 from train.config import Config, dump_toml
-from train.metrics import TensorBoardLogger, max_memory_gb, peak_flops
+from train.metrics import StepLog, TensorBoardLogger, max_memory_gb, peak_flops
 from train.optim import build_optimizer, lr_at
-from train.preemption import REQUEUE_EXIT_CODE, StopFlag
+from train.preemption import REQUEUE_EXIT_CODE, StopFlag, write_exit_record
 from train.step import forward_backward
 
 
@@ -57,6 +57,7 @@ def format_eta(seconds: float) -> str:
 
 def train(cfg: Config, log=print) -> TrainResult:
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    stop = StopFlag(cfg.train.time_limit).install()   # first: a signal during set-up must not kill the rank
     pstate = setup_parallel(cfg, device)
     dims, rank, world = pstate.dims, pstate.rank, pstate.world
     is_main = rank == 0
@@ -91,15 +92,17 @@ def train(cfg: Config, log=print) -> TrainResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(config_toml)
     tb = TensorBoardLogger(run_dir, cfg.metrics.tensorboard and is_main)
+    step_log = StepLog(run_dir, is_main)
     tb.text("config", "```\n" + config_toml + "\n```", step)
     if is_main:
         log(f"model: {cfg.model.pattern}  params {n_params / 1e6:.2f}M  {flops_tok / 1e6:.1f} MFLOP/token  "
             f"world {world} (dp {dims.dp})  device {device.type}")
 
     def save(at_step: int) -> None:
+        t_save = time.perf_counter()
         ckpt.save(at_step, model, optimizer, {"step": at_step, "data": loader.state_dict()}, config_toml)
+        stop.observe_save(time.perf_counter() - t_save)   # the time limit keeps room for the final save
 
-    stop = StopFlag(cfg.train.time_limit).install()
     peak = peak_flops(device)
     result = TrainResult(run_dir=str(run_dir))
     total = cfg.train.steps
@@ -128,6 +131,8 @@ def train(cfg: Config, log=print) -> TrainResult:
         result.losses.append(loss)
         dt = time.perf_counter() - t0
         steps_timed += 1
+        stop.observe_step(dt)
+        step_log.write(step, loss=loss, lr=lr, grad_norm=float(grad_norm))
         if is_main and (step % cfg.train.log_every == 0 or step == total or step == 1 or stop_now):
             tps = tokens_per_step_device / dt
             avg = (time.perf_counter() - t_start) / steps_timed
@@ -160,7 +165,10 @@ def train(cfg: Config, log=print) -> TrainResult:
         log(f"nothing to do: the checkpoint is already at train.steps={total}")
     tb.flush()
     tb.close()
+    step_log.close()
     barrier()
+    if is_main:   # torchrun hides worker exit codes; the launcher reads this instead
+        write_exit_record(run_dir, result.exit_code, step, stop.reason)
     result.final_step = step
     return result
 

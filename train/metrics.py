@@ -81,3 +81,47 @@ class TensorBoardLogger:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+
+
+class StepLog:
+    """Rank-0 `<run>/metrics.jsonl`: one JSON line per step with exact floats (loss, lr, grad norm).
+
+    Unlike TensorBoard it is plain text that scripts and tests can read (`launch status` shows the
+    last line; preemption tests compare losses bit for bit). Appended across restarts; after a
+    resume from an earlier checkpoint a step may appear twice, and the last line for it wins.
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool):
+        self.fh = None
+        if enabled:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            self.fh = open(Path(run_dir) / "metrics.jsonl", "a")
+
+    def write(self, step: int, **values) -> None:
+        if self.fh:
+            import json
+            import time
+
+            self.fh.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+            self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh:
+            self.fh.close()
+            self.fh = None
+
+
+def read_step_log(run_dir: str | Path) -> dict[int, dict]:
+    """step -> the last record written for it (see StepLog)."""
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    records: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue   # a line cut short by a kill
+            records[int(rec["step"])] = rec
+    return records
