@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import kernel_mode
+from kernels.dispatch import has_module, kernel_mode
 from kernels.rglru.reference import linear_scan_reference
 from kernels.rglru.scan import linear_scan_torch
 
@@ -16,8 +16,14 @@ __all__ = ["linear_scan", "linear_scan_reference", "linear_scan_torch", "select_
 
 
 def select_scan_path(x: torch.Tensor) -> str:
-    """Name of the path `linear_scan` takes for x: 'reference' or 'torch'."""
-    return "reference" if kernel_mode() == "reference" else "torch"
+    """Name of the path `linear_scan` takes for x: 'reference', 'torch' or 'triton' (fused, one
+    pass over memory: CUDA with Triton installed, or forced by LONGWEAVE_KERNELS=triton)."""
+    mode = kernel_mode()
+    if mode == "reference":
+        return "reference"
+    if mode == "triton" or (mode == "auto" and x.is_cuda and has_module("triton")):
+        return "triton"
+    return "torch"
 
 
 def linear_scan(
@@ -30,6 +36,11 @@ def linear_scan(
 ):
     """h [b,t,d] (and the final state [b,d]); the fastest available path."""
     kwargs = dict(initial_state=initial_state, doc_ids=doc_ids, return_final_state=return_final_state)
-    if select_scan_path(x) == "reference":
+    path = select_scan_path(x)
+    if path == "reference":
         return linear_scan_reference(a, x, **kwargs)
+    if path == "triton":
+        from kernels.rglru.triton import linear_scan_triton  # lazy: TRITON_INTERPRET must be set first
+
+        return linear_scan_triton(a, x, **kwargs)
     return linear_scan_torch(a, x, **kwargs)
