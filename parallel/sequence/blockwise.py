@@ -1,0 +1,98 @@
+"""Attention on one (query chunk, key chunk) block: forward with LSE, log-sum-exp merge, and a
+flash-style backward from the saved output and LSE.
+
+DistAttn splits causal attention over ranks into blocks; each block's forward comes from
+kernels.attention (with global offsets so masks are exact), partial results combine by
+log-sum-exp, and the backward of a block needs only q, k, v, dO, the *final* LSE and
+delta = rowsum(dO ⊙ O): P = exp(S − lse), dV = Pᵀ dO, dS = P ⊙ (dO Vᵀ − delta),
+dQ = scale · dS K, dK = scale · dSᵀ Q. No block ever needs the forward's other blocks again.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels.attention import attention, visible_mask
+
+Q_TILE = 512  # query rows per backward tile: bounds the materialised [rows, keys] scores
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def block_forward(q, k, v, *, window, q_docs, k_docs, q_offset: int, k_offset: int, scale: float):
+    """(o [B,n,H,D] in the accumulation dtype, lse [B,H,n]) of q against one key chunk."""
+    o, lse = attention(q, k, v, causal=True, window=window, q_doc_ids=q_docs, k_doc_ids=k_docs,
+                       q_offset=q_offset, k_offset=k_offset, scale=scale, return_lse=True)
+    acc = acc_dtype(q.dtype)
+    return o.to(acc), lse.to(acc)
+
+
+def merge(o_acc, lse_acc, o_b, lse_b):
+    """Combine two partial attention results over disjoint key sets by log-sum-exp.
+
+    A row that saw no key in either part keeps lse -inf and output 0 (no NaN)."""
+    if o_acc is None:
+        return o_b, lse_b
+    lse = torch.logaddexp(lse_acc, lse_b)
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    w_a = torch.exp(lse_acc - safe).transpose(1, 2).unsqueeze(-1)    # [B,n,H,1]
+    w_b = torch.exp(lse_b - safe).transpose(1, 2).unsqueeze(-1)
+    return o_acc * w_a + o_b * w_b, lse
+
+
+def _heads_split(t: torch.Tensor, hkv: int) -> torch.Tensor:
+    """[B,n,H,D] -> [B,Hkv,rep,n,D]."""
+    b, n, h, d = t.shape
+    return t.permute(0, 2, 1, 3).reshape(b, hkv, h // hkv, n, d)
+
+
+def _heads_merge(t: torch.Tensor) -> torch.Tensor:
+    """[B,Hkv,rep,n,D] -> [B,n,H,D]."""
+    b, hkv, rep, n, d = t.shape
+    return t.reshape(b, hkv * rep, n, d).permute(0, 2, 1, 3)
+
+
+def block_backward(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset: int, k_offset: int,
+                   scale: float):
+    """(dq [B,n,H,D], dk, dv [B,m,Hkv,D]) of this block, in the accumulation dtype.
+
+    lse [B,H,n] and delta [B,H,n] are the full (merged) row statistics of the forward."""
+    acc = acc_dtype(q.dtype)
+    hkv = k.shape[2]
+    kf = k.to(acc).permute(0, 2, 1, 3).unsqueeze(2)                  # [B,Hkv,1,m,D]
+    vf = v.to(acc).permute(0, 2, 1, 3).unsqueeze(2)
+    dk = torch.zeros(kf.shape[0], hkv, kf.shape[3], kf.shape[4], dtype=acc, device=q.device)
+    dv = torch.zeros_like(dk)
+    dq_tiles = []
+    n = q.shape[1]
+    for start in range(0, n, Q_TILE):
+        stop = min(n, start + Q_TILE)
+        qf = _heads_split(q[:, start:stop].to(acc), hkv)                # [B,Hkv,rep,r,D]
+        dof = _heads_split(do[:, start:stop].to(acc), hkv)
+        rows = stop - start
+        lse_t = lse[:, :, start:stop].to(acc).reshape(lse.shape[0], hkv, -1, rows, 1)
+        delta_t = delta[:, :, start:stop].to(acc).reshape(delta.shape[0], hkv, -1, rows, 1)
+        s = torch.matmul(qf, kf.transpose(-1, -2)) * scale             # [B,Hkv,rep,r,m]
+        mask = visible_mask(rows, kf.shape[3], causal=True, window=window,
+                            q_doc_ids=None if q_docs is None else q_docs[:, start:stop], k_doc_ids=k_docs,
+                            q_offset=q_offset + start, k_offset=k_offset, device=q.device)
+        if mask is not None:
+            s = s.masked_fill(~mask.unsqueeze(2), -math.inf)
+        safe_lse = torch.where(torch.isinf(lse_t), torch.full_like(lse_t, math.inf), lse_t)
+        p = torch.exp(s - safe_lse)                                      # masked or key-less rows -> 0
+        dv += torch.matmul(p.transpose(-1, -2), dof).sum(2)
+        dp = torch.matmul(dof, vf.transpose(-1, -2))
+        ds = p * (dp - delta_t)
+        dq_tiles.append(_heads_merge(torch.matmul(ds, kf) * scale))
+        dk += torch.matmul(ds.transpose(-1, -2), qf).sum(2) * scale
+    dq = torch.cat(dq_tiles, dim=1) if dq_tiles else torch.zeros_like(q, dtype=acc)
+    return dq, dk.permute(0, 2, 1, 3), dv.permute(0, 2, 1, 3)
+
+
+def row_delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
+    """delta [B,H,n] = rowsum(dO ⊙ O), the softmax-backward correction shared by every block."""
+    acc = acc_dtype(o.dtype)
+    return (o.to(acc) * do.to(acc)).sum(-1).transpose(1, 2).contiguous()

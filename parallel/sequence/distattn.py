@@ -1,0 +1,212 @@
+"""DistAttn: causal attention over a sequence split across sp ranks (LightSeq).
+
+Queries stay home. Key/value chunks travel un-expanded (GQA/MQA heads stay Hkv on the wire);
+in the balanced schedule (schedule.py) lightly-loaded ranks instead receive a busy rank's
+queries, attend them to their own K/V and send back the partial (o, lse). Partials merge by
+log-sum-exp in fp32 (fp64 for fp64 inputs). The exchange for round d+1 is posted before
+round d's compute, so communication overlaps computation. Fully-masked blocks (documents,
+window) are neither sent nor computed.
+
+The backward mirrors the forward with the same table: dQ accumulates at the query owner, dK/dV
+at the key/value owner; each block's gradient uses the saved final output and LSE, so the
+forward's exchanges and merges are never replayed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from parallel.sequence.blockwise import acc_dtype, block_backward, block_forward, merge, row_delta
+from parallel.sequence.chunks import ChunkLayout
+from parallel.sequence.p2p import SPGroup
+from parallel.sequence.schedule import n_offdiag_rounds, round_plan
+
+
+@dataclass
+class CallRecord:
+    """Instrumentation for one DistAttn call (one attention layer of one step)."""
+    kind: str = "attention"
+    fwd_bytes: int = 0
+    bwd_bytes: int = 0
+    fwd_blocks: int = 0            # attention blocks this rank computed in the forward
+    fwd_rounds: int = 0            # rounds in which this rank computed something (forward)
+    skipped_blocks: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class DistAttnRun:
+    """One call's inputs that are not tensors: group, chunk layout, window, scale, record."""
+
+    def __init__(self, group: SPGroup, chunks: ChunkLayout, window: int | None, scale: float,
+                 record: CallRecord):
+        self.g, self.chunks, self.window, self.scale, self.record = group, chunks, window, scale, record
+
+    def _blk(self, a: int, b: int) -> bool:
+        """True when block (q_a, kv_b) must be computed."""
+        return not self.chunks.skipped(a, b, self.window)
+
+    def _kw(self, a: int, b: int) -> dict:
+        c = self.chunks
+        return dict(window=self.window, q_docs=c.doc(a), k_docs=c.doc(b),
+                    q_offset=c.offset(a), k_offset=c.offset(b), scale=self.scale)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, q, k, v):
+        P, r = self.g.world, self.g.rank
+        kv = torch.stack([k, v])                                     # one message, Hkv heads
+        bytes0 = self.g.bytes_sent
+        rounds = n_offdiag_rounds(P)
+
+        def post_inputs(d: int):
+            p = round_plan(P, d, r)
+            sends, recvs = [], []
+            if p.send_kv_to is not None and self._blk(p.send_kv_to, r):
+                sends.append((p.send_kv_to, kv))
+            if p.send_q_to is not None and self._blk(r, p.send_q_to):
+                sends.append((p.send_q_to, q))
+            if p.own_from is not None and self._blk(r, p.own_from):
+                recvs.append((p.own_from, "kv", torch.empty_like(kv)))
+            if p.help_for is not None and self._blk(p.help_for, r):
+                recvs.append((p.help_for, "q", torch.empty_like(q)))
+            return self.g.exchange(sends, recvs)
+
+        pending = post_inputs(1) if rounds else None
+        o, lse = block_forward(q, k, v, **self._kw(r, r))
+        self.record.fwd_blocks, self.record.fwd_rounds = 1, 1
+        results = []
+        acc = acc_dtype(q.dtype)
+        for d in range(1, rounds + 1):
+            got = pending.wait()
+            pending = post_inputs(d + 1) if d < rounds else None
+            p = round_plan(P, d, r)
+            sends, recvs = [], []
+            did = False
+            if "kv" in got:
+                o_b, lse_b = block_forward(q, got["kv"][0], got["kv"][1], **self._kw(r, p.own_from))
+                o, lse = merge(o, lse, o_b, lse_b)
+                did = True
+            if "q" in got:
+                o_h, lse_h = block_forward(got["q"], k, v, **self._kw(p.help_for, r))
+                sends.append((p.help_for, o_h.to(q.dtype)))
+                sends.append((p.help_for, lse_h.contiguous()))
+                did = True
+            if p.send_q_to is not None and self._blk(r, p.send_q_to):
+                recvs.append((p.send_q_to, "o", torch.empty(q.shape, dtype=q.dtype, device=q.device)))
+                recvs.append((p.send_q_to, "lse", torch.empty(lse.shape, dtype=acc, device=q.device)))
+            self.record.fwd_blocks += did
+            self.record.fwd_rounds += did
+            if sends or recvs:
+                results.append(self.g.exchange(sends, recvs))
+            self.record.skipped_blocks += self._count_skips(p)
+        for pend in results:
+            got = pend.wait()
+            if "o" in got:
+                o, lse = merge(o, lse, got["o"].to(acc), got["lse"])
+        self.record.fwd_bytes += self.g.bytes_sent - bytes0
+        return o, lse
+
+    def _count_skips(self, p) -> int:
+        r = self.g.rank
+        n = 0
+        if p.own_from is not None and not self._blk(r, p.own_from):
+            n += 1
+        if p.help_for is not None and not self._blk(p.help_for, r):
+            n += 1
+        return n
+
+    # ---------------------------------------------------------------- backward
+    def backward(self, q, k, v, o, lse, do):
+        P, r = self.g.world, self.g.rank
+        acc = acc_dtype(q.dtype)
+        bytes0 = self.g.bytes_sent
+        delta = row_delta(o, do)
+        kv = torch.stack([k, v])
+        qdo = torch.stack([q, do.to(q.dtype)])
+        stats = torch.stack([lse.to(acc), delta])
+        rounds = n_offdiag_rounds(P)
+
+        def post_inputs(d: int):
+            p = round_plan(P, d, r)
+            sends, recvs = [], []
+            if p.send_kv_to is not None and self._blk(p.send_kv_to, r):
+                sends.append((p.send_kv_to, kv))
+            if p.send_q_to is not None and self._blk(r, p.send_q_to):
+                sends += [(p.send_q_to, qdo), (p.send_q_to, stats)]
+            if p.own_from is not None and self._blk(r, p.own_from):
+                recvs.append((p.own_from, "kv", torch.empty_like(kv)))
+            if p.help_for is not None and self._blk(p.help_for, r):
+                recvs += [(p.help_for, "qdo", torch.empty_like(qdo)), (p.help_for, "stats", torch.empty_like(stats))]
+            return self.g.exchange(sends, recvs)
+
+        pending = post_inputs(1) if rounds else None
+        dq, dk, dv = block_backward(q, k, v, do, lse, delta, **self._kw(r, r))
+        results = []
+        for d in range(1, rounds + 1):
+            got = pending.wait()
+            pending = post_inputs(d + 1) if d < rounds else None
+            p = round_plan(P, d, r)
+            sends, recvs = [], []
+            if "kv" in got:
+                dq_b, dk_b, dv_b = block_backward(q, got["kv"][0], got["kv"][1], do, lse, delta,
+                                                  **self._kw(r, p.own_from))
+                dq = dq + dq_b
+                sends.append((p.own_from, torch.stack([dk_b, dv_b])))
+            if "qdo" in got:
+                qr, dor = got["qdo"][0], got["qdo"][1]
+                dq_h, dk_h, dv_h = block_backward(qr, k, v, dor, got["stats"][0], got["stats"][1],
+                                                  **self._kw(p.help_for, r))
+                dk, dv = dk + dk_h, dv + dv_h
+                sends.append((p.help_for, dq_h))
+            if p.send_kv_to is not None and self._blk(p.send_kv_to, r):
+                recvs.append((p.send_kv_to, "dkv", torch.empty((2, *k.shape), dtype=acc, device=k.device)))
+            if p.send_q_to is not None and self._blk(r, p.send_q_to):
+                recvs.append((p.send_q_to, "dq", torch.empty(q.shape, dtype=acc, device=q.device)))
+            if sends or recvs:
+                results.append(self.g.exchange(sends, recvs))
+        for pend in results:
+            got = pend.wait()
+            if "dkv" in got:
+                dk, dv = dk + got["dkv"][0], dv + got["dkv"][1]
+            if "dq" in got:
+                dq = dq + got["dq"]
+        self.record.bwd_bytes += self.g.bytes_sent - bytes0
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+class DistAttnFunction(torch.autograd.Function):
+    """o = DistAttn(q, k, v). With `cached` = (o, lse) from an earlier forward of the same call
+    (rematerialization), the forward is skipped: the node only re-saves what backward needs."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, run: DistAttnRun, cached):
+        if cached is None:
+            o_acc, lse = run.forward(q, k, v)
+            o = o_acc.to(q.dtype)
+        else:
+            o, lse = cached[0].clone(), cached[1].clone()
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.run = run
+        run.result = (o.detach(), lse)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.run.backward(q, k, v, o, lse, do)
+        return dq, dk, dv, None, None
+
+
+def dist_attention(q, k, v, *, group: SPGroup, chunks: ChunkLayout, window: int | None = None,
+                   scale: float | None = None, record: CallRecord | None = None, cached=None, keep=None):
+    """Causal attention output [B,n,H,D] for this rank's queries over the whole sequence.
+
+    `cached` = (o, lse) of an earlier forward skips the computation (rematerialization);
+    `keep(result)` receives this call's (o, lse) so a checkpoint can cache it."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    run = DistAttnRun(group, chunks, window, scale, record or CallRecord())
+    o = DistAttnFunction.apply(q, k, v, run, cached)
+    if keep is not None:
+        keep(run.result)
+    return o

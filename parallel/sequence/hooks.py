@@ -1,0 +1,157 @@
+"""SequenceParallelHooks: what the mixers call as `ctx.sp` (the contract in DESIGN.md §5).
+
+Each hook returns exactly what the single-process call would return on the full sequence,
+for this rank's slice:
+- attention(q, k, v, causal, window, doc_ids): global attention -> DistAttn (balanced,
+  overlapped P2P); sliding window -> a K/V halo of window−1 tokens plus local attention;
+- causal_conv1d(conv_fn, ...): a halo of the k−1 inputs before the chunk;
+- ssd(ssd_fn, ...), linear_scan(scan_fn, ...): exact state passing (recurrent.py).
+
+Rematerialization: parallel.checkpointing runs each checkpointed block under `recording(store)`
+and its recomputation under `replaying(store)`. While recording, every communicating op keeps
+its forward result (DistAttn's output and LSE, halos, gathered states) in the block's store;
+while replaying, the ops take them from there, so recomputation reruns only local work
+(projections, MLP, local scans) and DistAttn runs exactly once forward and once backward.
+
+Instrumentation: `records` holds one CallRecord per communicating call since `reset_stats()`
+(in forward order: the attention record of layer i is the i-th attention entry), with bytes
+sent forward/backward and blocks/rounds computed; `distattn_forward_calls` counts real
+DistAttn forward computations.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+
+from kernels.attention import attention as local_attention
+from parallel.sequence.chunks import ChunkLayout
+from parallel.sequence.distattn import CallRecord, dist_attention
+from parallel.sequence.halo import HaloFunction
+from parallel.sequence.p2p import SPGroup
+from parallel.sequence.recurrent import sp_linear_scan, sp_ssd
+
+
+class SequenceParallelHooks:
+    def __init__(self, group=None):
+        self.g = SPGroup(group)
+        self.world, self.rank = self.g.world, self.g.rank
+        self.records: list[CallRecord] = []
+        self.distattn_forward_calls = 0
+        self._doc_src = None
+        self._doc_key = None
+        self._chunks: ChunkLayout | None = None
+        self._remat: tuple[str, list] | None = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def reset_stats(self) -> None:
+        self.records = []
+        self.distattn_forward_calls = 0
+
+    def chunks(self, doc_ids: torch.Tensor | None, n: int) -> ChunkLayout:
+        """The chunk layout for this forward; doc ids are all-gathered once and reused by every layer."""
+        key = None if doc_ids is None else (doc_ids._version, tuple(doc_ids.shape))
+        if self._chunks is not None and self._doc_src is doc_ids and self._doc_key == key and self._chunks.n == n:
+            return self._chunks
+        docs = None if doc_ids is None else self.g.all_gather(doc_ids.to(torch.int64))
+        self._chunks = ChunkLayout(self.world, self.rank, n, docs)
+        self._doc_src, self._doc_key = doc_ids, key       # the reference keeps id() unique while cached
+        return self._chunks
+
+    @contextmanager
+    def recording(self, store: list):
+        prev, self._remat = self._remat, ("record", store)
+        try:
+            yield
+        finally:
+            self._remat = prev
+
+    @contextmanager
+    def replaying(self, store: list):
+        prev, self._remat = self._remat, ("replay", store)
+        try:
+            yield
+        finally:
+            self._remat = prev
+
+    def _take(self, kind: str):
+        """(cached result, record) when replaying, else (None, new record)."""
+        if self._remat is not None and self._remat[0] == "replay" and self._remat[1]:
+            got_kind, cached, record = self._remat[1].pop(0)
+            if got_kind != kind:
+                raise RuntimeError(f"rematerialization replayed {kind} where {got_kind} was recorded")
+            return cached, record
+        record = CallRecord(kind=kind)
+        self.records.append(record)
+        return None, record
+
+    def _keep(self, kind: str, cached, result, record) -> None:
+        if cached is None and self._remat is not None and self._remat[0] == "record":
+            self._remat[1].append((kind, result, record))
+
+    # ------------------------------------------------------------------ hooks
+    def attention(self, q, k, v, *, causal: bool = True, window: int | None = None, doc_ids=None,
+                  scale: float | None = None):
+        if not causal:
+            raise NotImplementedError("sequence-parallel attention is causal only; set causal=True")
+        chunks = self.chunks(doc_ids, q.shape[1])
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        if window is not None:
+            return self._window_attention(q, k, v, window, doc_ids, chunks, scale)
+        cached, record = self._take("attention")
+        if cached is None:
+            self.distattn_forward_calls += 1
+        o = dist_attention(q, k, v, group=self.g, chunks=chunks, window=None, scale=scale,
+                           record=record, cached=cached, keep=lambda res: self._keep("attention", cached, res, record))
+        return o
+
+    def _window_attention(self, q, k, v, window, doc_ids, chunks, scale):
+        """Sliding window: only the last window−1 keys before the chunk matter -> one halo."""
+        cached, record = self._take("window")
+        kv = torch.cat([k, v], dim=-1)
+        halo = HaloFunction.apply(kv, self.g, window - 1, cached, record)
+        self._keep("window", cached, halo.detach(), record)
+        length = halo.shape[1]
+        kk = torch.cat([halo[..., : k.shape[-1]], k], dim=1)
+        vv = torch.cat([halo[..., k.shape[-1]:], v], dim=1)
+        k_docs = None if doc_ids is None else torch.cat([chunks.halo_docs(window - 1).to(doc_ids.dtype), doc_ids], 1)
+        start = chunks.offset(self.rank)
+        return local_attention(q, kk, vv, causal=True, window=window, q_doc_ids=doc_ids, k_doc_ids=k_docs,
+                               q_offset=start, k_offset=start - length, scale=scale)
+
+    def causal_conv1d(self, conv_fn, x, weight, bias=None, *, doc_ids=None, activation=None):
+        chunks = self.chunks(doc_ids, x.shape[1])
+        width = weight.shape[1] - 1
+        if width == 0 or self.world == 1:
+            return conv_fn(x, weight, bias, doc_ids=doc_ids, activation=activation)
+        cached, record = self._take("conv")
+        halo = HaloFunction.apply(x, self.g, width, cached, record)
+        self._keep("conv", cached, halo.detach(), record)
+        if halo.shape[1] == 0:
+            return conv_fn(x, weight, bias, doc_ids=doc_ids, activation=activation)
+        left_docs = None if doc_ids is None else chunks.halo_docs(width).to(doc_ids.dtype)
+        if halo.shape[1] < width:                       # first ranks of a short-chunk layout: zero padding
+            pad = width - halo.shape[1]
+            halo = torch.cat([halo.new_zeros(halo.shape[0], pad, *halo.shape[2:]), halo], dim=1)
+            if left_docs is not None:
+                left_docs = torch.cat([left_docs[:, :1].expand(-1, pad), left_docs], dim=1)
+        return conv_fn(x, weight, bias, doc_ids=doc_ids, left_context=halo, left_doc_ids=left_docs,
+                       activation=activation)
+
+    def ssd(self, ssd_fn, x, dt, A, B, C, *, D=None, doc_ids=None, initial_state=None, chunk_size=64):
+        chunks = self.chunks(doc_ids, x.shape[1])
+        cached, record = self._take("ssd")
+        y, final, gathered = sp_ssd(self.g, chunks, ssd_fn, x, dt, A, B, C, D=D, doc_ids=doc_ids,
+                                    initial_state=initial_state, chunk_size=chunk_size,
+                                    cached=cached, record=record)
+        self._keep("ssd", cached, gathered.detach(), record)
+        return y, final
+
+    def linear_scan(self, scan_fn, a, x, *, doc_ids=None, initial_state=None):
+        chunks = self.chunks(doc_ids, x.shape[1])
+        cached, record = self._take("scan")
+        h, final, gathered = sp_linear_scan(self.g, chunks, scan_fn, a, x, doc_ids=doc_ids,
+                                            initial_state=initial_state, cached=cached, record=record)
+        self._keep("scan", cached, gathered.detach(), record)
+        return h, final
