@@ -23,11 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.errors import DataError
+
 WARMUP_SCHEDULES = ("fixed_linear", "fixed_root", "fixed_discrete")
 DD_ORDERS = ("uniform", "grow_linear", "grow_p2", "grow_p100", "shrink")
 
 
-class CurriculumError(ValueError):
+class CurriculumError(DataError):
     """A curriculum setting that cannot work (one-line message naming the data.* key)."""
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.errors import DataError
+
 
 @dataclass
 class Decomposition:
@@ -37,7 +39,7 @@ class Decomposition:
 
 def check_power_of_two(name: str, value: int) -> int:
     if value <= 0 or value & (value - 1):
-        raise ValueError(f"{name}={value} must be a power of two")
+        raise DataError(f"{name}={value} must be a power of two")
     return value.bit_length() - 1
 
 
@@ -46,7 +48,7 @@ def decompose(lengths: np.ndarray, min_len: int, max_len: int, seed: int) -> Dec
     lo = check_power_of_two("data.dd_min_len", min_len)
     hi = check_power_of_two("data.dd_max_len", max_len)
     if lo > hi:
-        raise ValueError(f"data.dd_min_len={min_len} is larger than data.dd_max_len={max_len}")
+        raise DataError(f"data.dd_min_len={min_len} is larger than data.dd_max_len={max_len}")
     lengths = np.asarray(lengths, dtype=np.int64)
     n_buckets = hi - lo + 1
     docs: list[list[np.ndarray]] = [[] for _ in range(n_buckets)]

@@ -16,6 +16,7 @@ from collections import OrderedDict
 import numpy as np
 
 from data.corpus import ShardCorpus
+from data.errors import DataError
 
 
 class EpochLayout:
@@ -46,7 +47,7 @@ class ConcatStream:
         self.corpus, self.seed = corpus, seed
         self.epoch_tokens = int(sum(int(x.sum()) for x in corpus.lengths))
         if self.epoch_tokens == 0:
-            raise ValueError(f"{corpus.directory} holds no readable tokens")
+            raise DataError(f"{corpus.directory} holds no readable tokens")
         self.n_docs = int(sum(len(x) for x in corpus.lengths))
         self._layouts: OrderedDict[int, EpochLayout] = OrderedDict()
 

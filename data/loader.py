@@ -3,10 +3,19 @@
 The global batch of a step is dp_size·batch_size consecutive packed rows; rank r keeps rows
 [r·B, (r+1)·B). State is global (where the stream stands), so a checkpoint resumes exactly
 with any number of data-parallel ranks.
+
+- data.source = "synthetic": the embedded corpus, generated on the fly (SyntheticLoader);
+- data.source = "shards":    a `python -m data.prepare` directory (data/stream.py ShardLoader),
+  with data.packing = concat | dd and the loader workers of data.num_workers.
+Sequence-length warmup (data.curriculum) applies to both; its state is the step counter.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from data.batch import Batch
+from data.curriculum import SeqLenWarmup
+from data.errors import DataError
 from data.packing import ConcatChunkPacker
 from data.synthetic import synthetic_document
 from data.tokenizer import ByteTokenizer
@@ -16,7 +25,7 @@ class SyntheticLoader:
     """Packed rows of the embedded synthetic corpus (byte tokenizer)."""
 
     def __init__(self, seq_len: int, batch_size: int, dp_rank: int = 0, dp_size: int = 1, seed: int = 0,
-                 min_chars: int = 400, max_chars: int = 6000):
+                 min_chars: int = 400, max_chars: int = 6000, length_at: Callable[[int], int] | None = None):
         self.tokenizer = ByteTokenizer()
         self.batch_size, self.dp_rank, self.dp_size = batch_size, dp_rank, dp_size
         self.seed = seed
@@ -24,6 +33,7 @@ class SyntheticLoader:
             lambda i: self.tokenizer.encode_document(synthetic_document(seed, i, min_chars, max_chars)),
             seq_len,
         )
+        self.length_at = length_at
         self.steps = 0
 
     @property
@@ -31,6 +41,8 @@ class SyntheticLoader:
         return self.packer.seq_len
 
     def next_batch(self) -> Batch:
+        if self.length_at is not None:         # warmup: step t (1-based) trains at length L(t)
+            self.packer.seq_len = self.length_at(self.steps + 1)
         glob = self.packer.next_batch(self.batch_size * self.dp_size)
         self.steps += 1
         b = self.batch_size
@@ -45,14 +57,52 @@ class SyntheticLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("source", "synthetic") != "synthetic":
-            raise ValueError(f"checkpoint's data state is for source {state.get('source')!r}, not 'synthetic'")
+            raise DataError(f"checkpoint's data state is for source {state.get('source')!r}, not 'synthetic'")
         self.steps = int(state["steps"])
         self.packer.load_state_dict(state)
 
 
+def build_warmup(data_cfg) -> SeqLenWarmup | None:
+    """The sequence-length warmup data.curriculum asks for (None for 'none')."""
+    if data_cfg.curriculum == "none":
+        return None
+    return SeqLenWarmup(data_cfg.curriculum, data_cfg.curriculum_min_len, data_cfg.seq_len,
+                        data_cfg.curriculum_steps, data_cfg.curriculum_root_degree, data_cfg.curriculum_len_step,
+                        tuple(data_cfg.curriculum_lens), tuple(data_cfg.curriculum_max_steps))
+
+
 def build_loader(data_cfg, dp_rank: int = 0, dp_size: int = 1):
     """The loader the data config asks for (`data.source`)."""
+    warmup = build_warmup(data_cfg)
     if data_cfg.source == "synthetic":
+        if data_cfg.packing != "concat":
+            raise DataError("data.packing='dd' needs data.source='shards'; write the synthetic corpus as shards "
+                            "with `python -m data.prepare --synthetic N --output DIR`")
         return SyntheticLoader(data_cfg.seq_len, data_cfg.batch_size, dp_rank, dp_size, data_cfg.seed,
-                               data_cfg.min_doc_chars, data_cfg.max_doc_chars)
-    raise NotImplementedError(f"data.source={data_cfg.source!r} is not implemented yet; use 'synthetic'")
+                               data_cfg.min_doc_chars, data_cfg.max_doc_chars,
+                               warmup.length if warmup is not None else None)
+    if data_cfg.source == "shards":
+        from data.stream import ShardLoader
+
+        if not data_cfg.path:
+            raise DataError("data.source='shards' needs data.path=DIR (a `python -m data.prepare` output)")
+        return ShardLoader(data_cfg.path, data_cfg.seq_len, data_cfg.batch_size, dp_rank, dp_size,
+                           data_cfg.seed, data_cfg.num_workers, data_cfg.skip_corrupt, data_cfg.packing, warmup,
+                           data_cfg.dd_min_len, data_cfg.dd_max_len, data_cfg.dd_order)
+    raise DataError(f"data.source={data_cfg.source!r} is not implemented; use 'synthetic' or 'shards'")
+
+
+def possible_lengths(data_cfg) -> list[int]:
+    """Every row length the configured curriculum can produce (for per-length FLOP counts / MFU)."""
+    lengths = {data_cfg.seq_len}
+    warmup = build_warmup(data_cfg)
+    if warmup is not None:
+        last = max([data_cfg.curriculum_steps, *data_cfg.curriculum_max_steps]) + 1
+        lengths |= {warmup.length(t) for t in range(1, last + 1)}
+    if data_cfg.packing == "dd":
+        top = data_cfg.dd_max_len or data_cfg.seq_len
+        length = data_cfg.dd_min_len
+        while 0 < length <= top:
+            lengths.add(length)
+            length *= 2
+    return sorted(lengths)

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from data.errors import DataError
+
 FORMAT = "longweave-shards"
 MANIFEST = "manifest.json"
 LENGTHS = "lengths.npy"
 
 
-class ManifestError(ValueError):
+class ManifestError(DataError):
     """The shard directory and its manifest disagree (one-line message)."""
 
 

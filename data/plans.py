@@ -24,6 +24,7 @@ from data.batch import IGNORE_INDEX
 from data.corpus import ShardCorpus
 from data.curriculum import choose_bucket, dd_weights
 from data.decompose import Decomposition
+from data.errors import DataError
 from data.layout import ConcatStream
 
 Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # tokens, labels, positions, doc_ids
@@ -72,14 +73,14 @@ class DDPlan:
         tokens_per_rank = batch_size * seq_len
         for length in decomposition.bucket_lens:
             if tokens_per_rank % length:
-                raise ValueError(f"data.batch_size·data.seq_len = {tokens_per_rank} is not a multiple of the "
+                raise DataError(f"data.batch_size·data.seq_len = {tokens_per_rank} is not a multiple of the "
                                  f"bucket length {length}; lower data.dd_max_len")
         self.rows_per_rank = [tokens_per_rank // length for length in decomposition.bucket_lens]
         self.rows_global = [r * dp_size for r in self.rows_per_rank]
         self.weights = dd_weights(order, len(decomposition.bucket_lens))
         self.pieces = np.asarray([decomposition.pieces(k) for k in range(len(self.rows_global))], dtype=np.int64)
         if all(p < g for p, g in zip(self.pieces, self.rows_global)):
-            raise ValueError("no Dataset Decomposition bucket has enough pieces for one step; use more data or "
+            raise DataError("no Dataset Decomposition bucket has enough pieces for one step; use more data or "
                              "lower data.batch_size / data.dd_min_len")
         self.piece_shard, self.piece_local = [], []
         for k in range(len(self.rows_global)):

@@ -20,6 +20,7 @@ from data.batch import Batch
 from data.corpus import ShardCorpus
 from data.curriculum import SeqLenWarmup
 from data.decompose import decompose
+from data.errors import DataError
 from data.layout import ConcatStream
 from data.plans import ConcatPlan, DDPlan
 
@@ -58,7 +59,7 @@ class ShardLoader:
         self.dp_rank, self.dp_size = dp_rank, dp_size
         if packing == "dd":
             if warmup is not None:
-                raise ValueError("data.curriculum (sequence-length warmup) and data.packing='dd' do not combine; "
+                raise DataError("data.curriculum (sequence-length warmup) and data.packing='dd' do not combine; "
                                  "Dataset Decomposition is its own length curriculum (data.dd_order)")
             self.corpus = ShardCorpus(path, skip_corrupt, cache_shards=16, log=self.log)
             max_len = dd_max_len or seq_len
@@ -69,7 +70,7 @@ class ShardLoader:
             length_at = warmup.length if warmup is not None else (lambda t: seq_len)
             self.plan = ConcatPlan(ConcatStream(self.corpus, seed), batch_size, dp_size, length_at)
         else:
-            raise ValueError(f"data.packing must be concat or dd; got {packing!r}")
+            raise DataError(f"data.packing must be concat or dd; got {packing!r}")
         self.state = self.plan.initial_state()
         self.skipped: list[str] = list(self.corpus.problems)
         self._iter = None
@@ -116,7 +117,7 @@ class ShardLoader:
     def load_state_dict(self, state: dict) -> None:
         for key, want in (("source", "shards"), ("packing", self.packing), ("seed", self.seed)):
             if state.get(key) != want:
-                raise ValueError(f"checkpoint's data state has {key}={state.get(key)!r} but this run uses "
+                raise DataError(f"checkpoint's data state has {key}={state.get(key)!r} but this run uses "
                                  f"{want!r}; resume with the same data settings")
         fresh = self.plan.initial_state()
         self.state = {k: state[k] for k in fresh}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from data.errors import DataError
+
 
 class ByteTokenizer:
     name = "byte"
@@ -83,7 +85,7 @@ class HFTokenizer:
         return self._tok.decode([int(i) for i in ids])
 
 
-class TokenizerError(ValueError):
+class TokenizerError(DataError):
     """A bad or unavailable tokenizer spec (reported as one line)."""
 
 

@@ -24,12 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from data.errors import DataError
     from parallel.dims import LayoutError
     from train.loop import train
 
     try:
         result = train(cfg)
-    except LayoutError as e:
+    except (LayoutError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -42,7 +42,20 @@ class DataConfig:
     num_workers: int = 0
     min_doc_chars: int = 400          # synthetic corpus document sizes
     max_doc_chars: int = 6000
-    skip_corrupt: bool = False
+    skip_corrupt: bool = False        # skip (and count) corrupt shard samples instead of stopping
+    packing: str = choice("concat", "dd")   # concat-and-chunk rows | Dataset Decomposition (shards only)
+    # sequence-length warmup (DeepSpeed seqlen curriculum); the length reaches data.seq_len
+    curriculum: str = choice("none", "fixed_linear", "fixed_root", "fixed_discrete")
+    curriculum_min_len: int = 64
+    curriculum_steps: int = 100       # steps to reach data.seq_len (fixed_linear / fixed_root)
+    curriculum_root_degree: float = 2.0
+    curriculum_len_step: int = 8      # lengths are rounded down to a multiple of this
+    curriculum_lens: list[int] = field(default_factory=list)        # fixed_discrete lengths
+    curriculum_max_steps: list[int] = field(default_factory=list)   # fixed_discrete: last step of each length
+    # Dataset Decomposition (packing = "dd"): power-of-two buckets, tokens per step = batch_size·seq_len
+    dd_min_len: int = 64
+    dd_max_len: int = 0               # 0 = data.seq_len
+    dd_order: str = choice("uniform", "grow_linear", "grow_p2", "grow_p100", "shrink")
 
 
 @dataclass

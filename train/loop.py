@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 import models
-from data.loader import build_loader
+from data.errors import DataError
+from data.loader import build_loader, possible_lengths
 from parallel import parallelize
 from parallel.distributed import all_reduce, barrier
 from parallel.layout import setup_parallel
@@ -70,10 +71,15 @@ def train(cfg: Config, log=print) -> TrainResult:
     model = model.to(device=device, dtype=param_dtype)
     seq_len = cfg.data.seq_len
     flops_tok = models.flops_per_token(model, seq_len)
+    # curricula change the row length per step; MFU uses the FLOPs of the length actually trained
+    flops_by_len = {n: models.flops_per_token(model, n) for n in possible_lengths(cfg.data)}
     n_params = sum(p.numel() for p in model.parameters())
     model = parallelize(model, pstate, cfg, device)
     optimizer = build_optimizer(model, cfg.optim, device)
     loader = build_loader(cfg.data, pstate.dp_rank, dims.dp)
+    if getattr(loader, "vocab_size", 0) > cfg.model.vocab_size:
+        raise DataError(f"the shards' tokenizer has {loader.vocab_size} ids but model.vocab_size is "
+                        f"{cfg.model.vocab_size}; set model.vocab_size >= {loader.vocab_size}")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if device.type == "cuda" and cfg.train.dtype in ("auto", "bfloat16") else nullcontext())
 
@@ -107,14 +113,16 @@ def train(cfg: Config, log=print) -> TrainResult:
     result = TrainResult(run_dir=str(run_dir))
     total = cfg.train.steps
     t_start, steps_timed = time.perf_counter(), 0
-    tokens_per_step_device = cfg.data.batch_size * seq_len * cfg.train.grad_accum
     while step < total:
         t0 = time.perf_counter()
         lr = lr_at(step, total, cfg.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batches = [loader.next_batch().seq_slice(pstate.sp_rank, dims.sp).to(device)
-                   for _ in range(cfg.train.grad_accum)]
+        full = [loader.next_batch() for _ in range(cfg.train.grad_accum)]
+        # curricula vary row length and count per step: log what this step really holds
+        seq_len, batch_rows = full[0].shape[1], full[0].shape[0]
+        tokens_per_step_device = sum(b.tokens.numel() for b in full)
+        batches = [b.seq_slice(pstate.sp_rank, dims.sp).to(device) for b in full]
         counts = float(pstate.is_loss_rank) * sum(b.num_label_tokens() for b in batches)
         global_count = int(all_reduce(torch.tensor([counts], dtype=torch.float64)).item())
         loss_sum = forward_backward(model, batches, pstate, global_count, autocast)
@@ -143,9 +151,9 @@ def train(cfg: Config, log=print) -> TrainResult:
             tb.scalars(step, {
                 "train/loss": loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
                 "perf/tokens_per_sec_per_device": tps,
-                "perf/mfu": (tps * flops_tok / peak) if peak else None,
+                "perf/mfu": (tps * flops_by_len.get(seq_len, flops_tok) / peak) if peak else None,
                 "perf/max_memory_gb": max_memory_gb(device),
-                "data/seq_len": seq_len, "data/batch_size": cfg.data.batch_size,
+                "data/seq_len": seq_len, "data/batch_size": batch_rows,
             })
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; lower optim.lr or check the data")
