@@ -30,6 +30,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
         return x + self.mixer(self.norm(x), ctx)
 
+    def step(self, x: torch.Tensor, cache: Any):
+        """One token x [B, d_model] -> (x + f(norm(x)), next cache); MLPs are stateless."""
+        if not hasattr(self.mixer, "step"):
+            return x + self.mixer(self.norm(x)), cache
+        y, cache = self.mixer.step(self.norm(x), cache)
+        return x + y, cache
+
 
 def make_mixer(symbol: str, cfg: ModelConfig, layer_idx: int) -> nn.Module:
     from models.attention import Attention
@@ -41,8 +48,16 @@ def make_mixer(symbol: str, cfg: ModelConfig, layer_idx: int) -> nn.Module:
         return Attention(cfg, layer_idx, window=cfg.window)
     if symbol == "-":
         return GatedMLP(cfg)
+    if symbol == "M":
+        from models.mamba2 import Mamba2
+
+        return Mamba2(cfg, layer_idx)
+    if symbol == "R":
+        from models.griffin import GriffinRecurrent
+
+        return GriffinRecurrent(cfg, layer_idx)
     raise NotImplementedError(
-        f"layer symbol {symbol!r} is not implemented yet; use '*', 'W' and '-' in model.pattern"
+        f"layer symbol {symbol!r} is not implemented; use '*', 'W', 'M', 'R' and '-' in model.pattern"
     )
 
 
@@ -116,3 +131,26 @@ class LanguageModel(nn.Module):
         logits = torch.nn.functional.linear(h, self.head_weight())
         self.last_state_norms = ctx.state_norms
         return (logits, ctx.final_states) if return_states else logits
+
+    def init_cache(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> dict[int, Any]:
+        """Empty per-layer caches for `step` (generation from scratch)."""
+        dtype = dtype or self.embed.weight.dtype
+        return {i: b.mixer.init_cache(batch_size, device, dtype)
+                for i, b in enumerate(self.layers) if hasattr(b.mixer, "init_cache")}
+
+    def step(self, tokens: torch.Tensor, caches: dict[int, Any]):
+        """One token per row, tokens [B] -> (logits [B, V], next caches). The caches come from
+        init_cache or from forward(..., return_states=True) (prefill)."""
+        h = self.embed(tokens)
+        new_caches = dict(caches)
+        for i, block in enumerate(self.layers):
+            h, cache = block.step(h, caches.get(i))
+            if cache is not None:
+                new_caches[i] = cache
+        return torch.nn.functional.linear(self.norm(h), self.head_weight()), new_caches
+
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """Prefill with the parallel path, then step; greedy by default (models/generate.py)."""
+        from models.generate import generate
+
+        return generate(self, prompt, max_new_tokens, **kwargs)
