@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import kernel_mode
+from kernels.dispatch import has_module, kernel_mode
 from kernels.ssd.chunked import ssd_chunked
 from kernels.ssd.reference import ssd_reference
 
 __all__ = ["ssd", "ssd_reference", "ssd_chunked", "select_ssd_path"]
 
 
-def select_ssd_path(x: torch.Tensor) -> str:
-    """Name of the path `ssd` takes for x: 'reference' or 'torch' (fused paths plug in here)."""
-    return "reference" if kernel_mode() == "reference" else "torch"
+def select_ssd_path(x: torch.Tensor, chunk_size: int = 64) -> str:
+    """Name of the path `ssd` takes for x: 'reference', 'torch' or 'triton' (our fused chunk scan:
+    CUDA with Triton installed and a power-of-two chunk_size >= 16, or LONGWEAVE_KERNELS=triton)."""
+    mode = kernel_mode()
+    if mode == "reference":
+        return "reference"
+    pow2 = chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0
+    if mode == "triton" or (mode == "auto" and x.is_cuda and pow2 and has_module("triton")):
+        return "triton"
+    return "torch"
 
 
 def ssd(
@@ -35,6 +42,11 @@ def ssd(
 ):
     """y [b,t,h,p] (and the final state [b,h,p,n]); the fastest available path."""
     kwargs = dict(D=D, initial_state=initial_state, doc_ids=doc_ids, return_final_state=return_final_state)
-    if select_ssd_path(x) == "reference":
+    path = select_ssd_path(x, chunk_size)
+    if path == "reference":
         return ssd_reference(x, dt, A, B, C, **kwargs)
+    if path == "triton":
+        from kernels.ssd.triton import ssd_triton  # lazy: TRITON_INTERPRET must be set first
+
+        return ssd_triton(x, dt, A, B, C, chunk_size=chunk_size, **kwargs)
     return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, **kwargs)

@@ -1,0 +1,129 @@
+"""Fused Triton SSD (Mamba-2 chunk scan), forward and backward, behind `ssd_triton`.
+
+Same contract as kernels/ssd/reference.py. Forward: chunk states -> state passing -> chunk
+outputs (kernels/ssd/triton_fwd.py); backward: dL/d(entering state) per chunk -> reverse state
+passing -> one fused per-chunk kernel for dx, ddt, dB, dC and the decay gradients
+(kernels/ssd/triton_bwd.py). Small reductions (dA, dD, the chunk-decay gradient) are summed
+from per-program partials in torch. Triton is imported lazily by the dispatcher so
+TRITON_INTERPRET=1 can run these kernels on a CPU for the tests.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from kernels.dispatch import empty_output
+from kernels.segments import segment_ids
+from kernels.ssd import triton_bwd as bwd
+from kernels.ssd import triton_fwd as fwd
+
+STATE_BLOCK = 256
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _pad(v: int) -> int:
+    return max(16, triton.next_power_of_2(v))
+
+
+def _lowp(x: torch.Tensor) -> bool:
+    """bf16/fp16 operands on the tensor cores; fp32 (and the interpreter, whose bf16 dot is broken
+    in Triton 3.7) multiplies exact fp32 copies."""
+    return x.dtype in (torch.float16, torch.bfloat16) and not _interpreted()
+
+
+def _warps(p: int, n: int) -> dict:
+    return {} if _interpreted() else {"num_warps": 8 if p * n >= 64 * 128 else 4}
+
+
+def _keep(dt, A, seg, L, nc):
+    """exp(chunk's total log-decay) where the carried state survives the chunk (same segment)."""
+    b, t, h = dt.shape
+    pad = nc * L - t
+    a = F.pad(dt.float() * A.float(), (0, 0, 0, pad)).view(b, nc, L, h).sum(2)          # [b,nc,h]
+    segp = F.pad(seg, (0, pad), mode="replicate").view(b, nc, L)
+    prev = torch.cat([segp[:, :1, 0], segp[:, :-1, -1]], dim=1)
+    ok = (segp[:, :, -1] == prev).float()
+    return (torch.exp(a) * ok[..., None]).contiguous()                                   # [b,nc,h]
+
+
+def _forward(x, dt, A, B, C, D, h0, seg, L):
+    b, t, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    nc = triton.cdiv(t, L)
+    bp, bn = _pad(p), _pad(n)
+    common = dict(L=L, BP=bp, BN=bn, LOWP=_lowp(x), **_warps(bp, bn))
+    cs = empty_output((b, nc, h, p, n), dtype=torch.float32, device=x.device)
+    fwd.chunk_state_kernel[(nc, b * h)](x, dt, A, B, seg, cs, t, h, g, p, n, **common)
+    keep = _keep(dt, A, seg, L, nc)
+    enter = empty_output((b, nc, h, p, n), dtype=torch.float32, device=x.device)
+    final = empty_output((b, h, p, n), dtype=torch.float32, device=x.device)
+    fwd.state_pass_kernel[(b * h, triton.cdiv(p * n, STATE_BLOCK))](
+        cs, keep, h0 if h0 is not None else cs, enter, final, nc, h, p * n,
+        HAS_H0=h0 is not None, BLOCK=STATE_BLOCK)
+    y = empty_output((b, t, h, p), dtype=x.dtype, device=x.device)
+    fwd.chunk_out_kernel[(nc, b * h)](x, dt, A, B, C, D if D is not None else A, seg, enter, y, t, h, g, p, n,
+                                      HAS_D=D is not None, **common)
+    return y, final, enter, keep
+
+
+class _TritonSSD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, h0, seg, L):
+        y, final, enter, keep = _forward(x, dt, A, B, C, D, h0, seg, L)
+        ctx.save_for_backward(x, dt, A, B, C, D, h0, seg, enter, keep)
+        ctx.L = L
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, h0, seg, enter, keep = ctx.saved_tensors
+        grads = bwd.ssd_backward(dy, dfinal, x, dt, A, B, C, D, h0, seg, enter, keep, ctx.L,
+                                 lowp=_lowp(x), warps=_warps(_pad(x.shape[3]), _pad(B.shape[3])))
+        dx, ddt, dA, dB, dC, dD, dh0 = grads
+        return dx, ddt, dA, dB, dC, dD, dh0, None, None
+
+
+def ssd_triton(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    doc_ids: torch.Tensor | None = None,
+    return_final_state: bool = False,
+    chunk_size: int = 64,
+):
+    """y [b,t,h,p] in x.dtype (and the final state [b,h,p,n] fp32); float64 runs in fp32."""
+    b, t, h, p = x.shape
+    if h % B.shape[2]:
+        raise ValueError(f"ssd: heads {h} must be a multiple of groups {B.shape[2]}")
+    if x.device.type == "cpu" and not _interpreted():
+        raise RuntimeError("the Triton SSD on CPU needs TRITON_INTERPRET=1 (or run on a CUDA device)")
+    if chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"Triton SSD needs chunk_size a power of two >= 16, got {chunk_size}")
+    in_dtype = x.dtype
+    if in_dtype == torch.float64:
+        x, dt, A, B, C = x.float(), dt.float(), A.float(), B.float(), C.float()
+        D = D.float() if D is not None else None
+        initial_state = initial_state.float() if initial_state is not None else None
+    if t == 0:
+        y = x.new_zeros(b, 0, h, p)
+        final = initial_state.float() if initial_state is not None else x.new_zeros(b, h, p, B.shape[3]).float()
+    else:
+        seg = (segment_ids(doc_ids) if doc_ids is not None
+               else torch.zeros(b, t, dtype=torch.int64, device=x.device)).to(torch.int32).contiguous()
+        h0 = initial_state.contiguous() if initial_state is not None else None
+        y, final = _TritonSSD.apply(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(),
+                                    C.contiguous(), D.contiguous() if D is not None else None, h0, seg, chunk_size)
+    if in_dtype == torch.float64:
+        y, final = y.double(), final.double()
+    return (y, final) if return_final_state else y
