@@ -1,0 +1,49 @@
+"""Training throughput of a recipe on this machine: tokens/s per device over steady-state steps.
+
+    python benchmarks/train_throughput.py [--config configs/tiny.toml] [--steps 40] [overrides...]
+
+Runs the real trainer (no checkpoints, no TensorBoard) and times the steps after a warm-up,
+printing one table row. Use it for the CPU figures quoted in the README.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+
+import torch
+
+from train.config import load_config
+from train.loop import train
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="configs/tiny.toml")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=5)
+    args, rest = p.parse_known_args()
+    stamps: list[float] = []
+
+    def log(line: str) -> None:
+        if line.startswith("step"):
+            stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(args.config, [f"--train.steps={args.steps}", f"--train.run_dir={tmp}",
+                                        "--train.log_every=1", "--checkpoint.every=0", "--checkpoint.save_final=false",
+                                        "--checkpoint.resume=none", "--metrics.tensorboard=false", *rest])
+        train(cfg, log=log)
+    timed = stamps[args.warmup:]
+    per_step = (timed[-1] - timed[0]) / (len(timed) - 1)
+    tokens = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
+    print("| recipe | pattern | T | batch | ms/step | tokens/s |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {args.config} | {cfg.model.pattern} | {cfg.data.seq_len} | {cfg.data.batch_size} "
+          f"| {per_step * 1e3:.1f} | {tokens / per_step:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
