@@ -1,7 +1,10 @@
 """Everything that knows about process groups: set-up, layouts, and applying parallelism.
 
 `parallelize(model, dims, cfg, device)` applies, in this fixed order:
-TP -> SP hooks -> activation checkpointing -> torch.compile (when enabled) -> data parallel.
+(pipeline cut) -> TP -> SP hooks -> activation checkpointing -> torch.compile (when enabled)
+-> data parallel. The pipeline cut comes first because every later step acts on the blocks
+this rank keeps; data parallel comes last because it wraps (DDP, FSDP2) or hooks the final
+parameters. DeepSpeed is applied by `wrap_engine` once the optimizer exists.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from torch import nn
 from parallel.checkpointing import apply_activation_checkpointing
 from parallel.dims import LayoutError, ParallelDims
 
-__all__ = ["ParallelDims", "LayoutError", "parallelize", "apply_activation_checkpointing"]
+__all__ = ["ParallelDims", "LayoutError", "parallelize", "wrap_engine", "apply_activation_checkpointing"]
 
 
 def parallelize(model: nn.Module, pstate, cfg, device: torch.device) -> nn.Module:
@@ -20,19 +23,60 @@ def parallelize(model: nn.Module, pstate, cfg, device: torch.device) -> nn.Modul
     `pstate` is the run's parallel.layout.ParallelState; sequence parallelism sets pstate.sp_hooks.
     """
     dims = pstate.dims
-    for name in ("tp", "pp", "sp"):
-        if getattr(dims, name) > 1:
-            raise LayoutError(f"parallel.{name}={getattr(dims, name)} is not implemented yet; set parallel.{name}=1")
+    if dims.sp > 1:
+        raise LayoutError(f"parallel.sp={dims.sp} is not implemented yet; set parallel.sp=1")
+    runner = None
+    if dims.pp > 1:
+        # stages are cut first (on the whole model), so TP and the rest apply to this rank's share
+        from parallel.pipeline import PipelineRunner
+
+        runner = PipelineRunner(model, pstate, cfg, device)
+        pstate.pipeline = runner
+        model = runner.model
+    if dims.tp > 1:
+        from parallel.data_parallel import align_grads
+        from parallel.tensor import apply_tensor_parallel
+
+        apply_tensor_parallel(model, pstate.mesh["tp"])
+        pstate.grad_sync = align_grads(list(model.parameters()))
     if cfg.train.activation_checkpointing:
         apply_activation_checkpointing(model)
     if cfg.train.compile:
         for block in model.layers:
             block.compile()
-    if dims.dp * dims.sp > 1:
-        if cfg.parallel.engine != "ddp":
-            raise LayoutError(f"parallel.engine={cfg.parallel.engine!r} is not implemented yet; use 'ddp'")
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [device.index] if device.type == "cuda" else None
-        model = DDP(model, device_ids=ids, process_group=pstate.grad_group)
+    model = apply_data_parallel(model, pstate, cfg, device)
+    if runner is not None:
+        runner.build_schedule()
     return model
+
+
+def apply_data_parallel(model: nn.Module, pstate, cfg, device: torch.device) -> nn.Module:
+    """The last step of `parallelize`: gradient averaging over dp × sp (DeepSpeed wraps later,
+    in `wrap_engine`, because it needs the optimizer)."""
+    from parallel.data_parallel import apply_ddp, apply_fsdp, chain
+
+    dims, engine = pstate.dims, cfg.parallel.engine
+    if pstate.pipeline is not None and pstate.pipeline.tie is not None:
+        pstate.grad_sync = chain(pstate.grad_sync, pstate.pipeline.sync_tied)
+    if engine == "deepspeed":
+        from parallel.deepspeed_engine import check_deepspeed_layout
+
+        check_deepspeed_layout(pstate)
+        return model
+    if dims.dp * dims.sp == 1:
+        return model
+    if engine == "fsdp":
+        if dims.pp > 1:
+            raise LayoutError("parallel.engine='fsdp' does not combine with parallel.pp > 1; use engine='ddp'")
+        bf16 = device.type == "cuda" and cfg.train.dtype in ("auto", "bfloat16")
+        return apply_fsdp(model, pstate, device, torch.bfloat16 if bf16 else torch.float32)
+    return apply_ddp(model, pstate, device)
+
+
+def wrap_engine(model: nn.Module, optimizer, pstate, cfg):
+    """(model, optimizer) to train with: DeepSpeed's engine when parallel.engine='deepspeed'."""
+    if cfg.parallel.engine != "deepspeed":
+        return model, optimizer
+    from parallel.deepspeed_engine import wrap_deepspeed
+
+    return wrap_deepspeed(model, optimizer, pstate, cfg)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from parallel.dims import ParallelDims
+from parallel.dims import ParallelDims, validate_layout
 from parallel.distributed import init_distributed
 
 
@@ -31,6 +31,10 @@ class ParallelState:
     pp_rank: int = 0
     sp_hooks: Any = None          # passed to the model as `sp=` (None without sequence parallelism)
     grad_group: Any = None        # process group over dp × sp (None: default group or single process)
+    tp_group: Any = None          # tensor-parallel group (None when tp = 1)
+    pp_group: Any = None          # pipeline group (None when pp = 1)
+    pipeline: Any = None          # parallel.pipeline.PipelineRunner when pp > 1 (train/step.py uses it)
+    grad_sync: Any = None         # callable run after the backward passes (manual dp × sp all-reduce)
 
     @property
     def grad_group_size(self) -> int:
@@ -45,6 +49,7 @@ def setup_parallel(cfg, device: torch.device) -> ParallelState:
     """Initialise torch.distributed (if launched with several processes) and the DeviceMesh."""
     rank, world, _ = init_distributed(device.type)
     dims = ParallelDims.from_config(cfg.parallel, world)
+    validate_layout(dims, cfg.model, cfg.parallel, cfg.data.batch_size)
     state = ParallelState(dims=dims, rank=rank, world=world)
     if world == 1:
         return state
@@ -58,4 +63,8 @@ def setup_parallel(cfg, device: torch.device) -> ParallelState:
         state.grad_group = dist.group.WORLD
     else:
         state.grad_group = mesh["dp", "sp"]._flatten("dp_sp").get_group()
+    if dims.tp > 1:
+        state.tp_group = mesh["tp"].get_group()
+    if dims.pp > 1:
+        state.pp_group = mesh["pp"].get_group()
     return state

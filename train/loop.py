@@ -20,8 +20,9 @@ import torch
 import models
 from data.errors import DataError
 from data.loader import build_loader, possible_lengths
-from parallel import parallelize
+from parallel import parallelize, wrap_engine
 from parallel.distributed import all_reduce, barrier
+from parallel.grad_clip import clip_gradients
 from parallel.layout import setup_parallel
 from train.checkpoint import Checkpointer
 from train.config import Config, dump_toml
@@ -76,6 +77,7 @@ def train(cfg: Config, log=print) -> TrainResult:
     n_params = sum(p.numel() for p in model.parameters())
     model = parallelize(model, pstate, cfg, device)
     optimizer = build_optimizer(model, cfg.optim, device)
+    model, optimizer = wrap_engine(model, optimizer, pstate, cfg)
     loader = build_loader(cfg.data, pstate.dp_rank, dims.dp)
     if getattr(loader, "vocab_size", 0) > cfg.model.vocab_size:
         raise DataError(f"the shards' tokenizer has {loader.vocab_size} ids but model.vocab_size is "
@@ -126,8 +128,7 @@ def train(cfg: Config, log=print) -> TrainResult:
         counts = float(pstate.is_loss_rank) * sum(b.num_label_tokens() for b in batches)
         global_count = int(all_reduce(torch.tensor([counts], dtype=torch.float64)).item())
         loss_sum = forward_backward(model, batches, pstate, global_count, autocast)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+        grad_norm = clip_gradients(model, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"), pstate)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -142,7 +143,7 @@ def train(cfg: Config, log=print) -> TrainResult:
         stop.observe_step(dt)
         step_log.write(step, loss=loss, lr=lr, grad_norm=float(grad_norm))
         if is_main and (step % cfg.train.log_every == 0 or step == total or step == 1 or stop_now):
-            tps = tokens_per_step_device / dt
+            tps = tokens_per_step_device / dt / dims.model_parallel
             avg = (time.perf_counter() - t_start) / steps_timed
             log(f"step {step:>6}/{total} | loss {loss:.4f} | lr {lr:.2e} | grad {float(grad_norm):.3f} "
                 f"| {tps:,.0f} tok/s/dev | eta {format_eta(avg * (total - step))}")

@@ -1,0 +1,100 @@
+"""Tensor parallelism, Megatron-style, on the "tp" dimension of the run's DeviceMesh.
+
+Design: parameters become DTensors (DTensor `parallelize_module` plans for the plain
+column/row linears and the vocab-parallel embedding); activations stay ordinary local
+tensors (`use_local_output=True`). Why DTensor for the weights: torch.distributed.checkpoint
+then sees every shard's global shape and offset, so a checkpoint written at tp=2 loads at
+tp=1, under pipeline stages, or with FSDP2 (which composes with DTensor parameters as a 2-D
+mesh) without any conversion code; the optimizer states follow automatically.
+Where a DTensor plan does not express the math, explicit autograd collectives
+(parallel/tensor/collectives.py) are used instead, because they are exact and obvious:
+- GQA with fewer kv heads than tp ranks: K/V projections stay replicated; each rank computes
+  them and keeps its kv head; their gradients are all-reduced over tp (a param hook).
+- The LM head (tied or not) produces vocab-sharded logits from the local weight shard; the
+  final norm's output is wrapped in copy_to_tp so its gradient is summed over tp, and the
+  loss is the vocab-parallel cross-entropy (no [N, V] gather).
+Mixers read head counts from their weight shapes, so the model code runs unchanged on shards.
+Mamba-2 and Griffin plans live in parallel/tensor/recurrent.py.
+"""
+from __future__ import annotations
+
+from torch import nn
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+from parallel.tensor.collectives import all_reduce_grad_hook, copy_to_tp
+
+
+def keep_replicated_heads(linear: nn.Linear, head_dim: int, head: int, group) -> None:
+    """Make a replicated K or V projection return only kv head `head` of its output.
+
+    Used when kv_heads < tp: rank r keeps kv head r // (tp / kv_heads), so its query heads
+    (a contiguous block of one GQA group) see the key/value head they need. Hooks, not a
+    wrapper module, so parameter names (and checkpoints) stay those of the plain model.
+    """
+    lo, hi = head * head_dim, (head + 1) * head_dim
+    linear.register_forward_pre_hook(lambda _m, args: (copy_to_tp(args[0], group), *args[1:]))
+    linear.register_forward_hook(lambda _m, _i, out: out[..., lo:hi])
+    linear.weight.register_hook(all_reduce_grad_hook(group))
+
+
+def _shard_attention(mixer: nn.Module, tp_mesh) -> None:
+    tp = tp_mesh.size()
+    group, rank = tp_mesh.get_group(), tp_mesh.get_local_rank()
+    plan = {"wq": ColwiseParallel(), "wo": RowwiseParallel()}
+    if mixer.n_kv_heads % tp == 0:
+        plan.update(wk=ColwiseParallel(), wv=ColwiseParallel())
+    else:
+        per_head = tp // mixer.n_kv_heads
+        for name in ("wk", "wv"):
+            keep_replicated_heads(getattr(mixer, name), mixer.head_dim, rank // per_head, group)
+    parallelize_module(mixer, tp_mesh, plan)
+
+
+def _shard_mlp(mixer: nn.Module, tp_mesh) -> None:
+    parallelize_module(mixer, tp_mesh, {"w_gate": ColwiseParallel(), "w_up": ColwiseParallel(),
+                                         "w_down": RowwiseParallel()})
+
+
+def shard_block(block: nn.Module, tp_mesh) -> None:
+    from models.attention import Attention
+    from models.mlp import GatedMLP
+
+    mixer = block.mixer
+    if isinstance(mixer, Attention):
+        _shard_attention(mixer, tp_mesh)
+    elif isinstance(mixer, GatedMLP):
+        _shard_mlp(mixer, tp_mesh)
+    else:
+        from parallel.tensor.recurrent import shard_recurrent
+
+        shard_recurrent(mixer, tp_mesh)
+
+
+def _shard_head(model: nn.Module, tp_mesh) -> None:
+    """Vocab-parallel embedding and LM head; the model's logits become the local vocab shard."""
+    group = tp_mesh.get_group()
+    if getattr(model, "embed", None) is not None:
+        parallelize_module(model, tp_mesh, {"embed": RowwiseParallel(input_layouts=Replicate())})
+    head = getattr(model, "lm_head", None)
+    if head is not None:
+        head.weight = nn.Parameter(distribute_tensor(head.weight.data, tp_mesh, [Shard(0)]))
+    if getattr(model, "norm", None) is not None:
+        model.norm.register_forward_hook(lambda _m, _i, out: copy_to_tp(out, group))
+
+        def local_head_weight(_model=model):
+            w = _model.embed.weight if _model.lm_head is None else _model.lm_head.weight
+            return w.to_local()
+
+        model.head_weight = local_head_weight
+
+
+def apply_tensor_parallel(model: nn.Module, tp_mesh) -> nn.Module:
+    """Shard `model` (a LanguageModel or a pipeline stage of one) over `tp_mesh` in place."""
+    if tp_mesh.size() == 1:
+        return model
+    for block in model.layers:
+        shard_block(block, tp_mesh)
+    _shard_head(model, tp_mesh)
+    model.tp_group = tp_mesh.get_group()
+    return model

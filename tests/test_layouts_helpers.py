@@ -1,0 +1,87 @@
+"""Shared helpers for the layout tests: tiny configs, a single-process reference, gathered grads.
+
+Each helper is module-level so the forked gloo pool can run it by name.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+PATTERNS = {"transformer": "(*-)x2", "window": "W-*-", "mamba2": "M-M-", "griffin": "R-W-", "hybrid": "M-*-R-"}
+
+
+def tiny_config(pattern: str = "(*-)x2", steps: int = 20, run_dir: str = "", **parallel):
+    from train.config import load_config
+
+    over = [f"--model.pattern={pattern}", "--model.d_model=32", "--model.n_heads=4", "--model.n_kv_heads=2",
+            "--model.mlp_hidden=64", "--model.d_state=8", "--model.ssm_headdim=8", "--model.ssm_chunk_size=8",
+            "--model.lru_heads=4", "--model.window=8", "--data.seq_len=32", "--data.batch_size=4",
+            f"--train.steps={steps}", "--train.device=cpu", "--train.log_every=1000", "--optim.warmup_steps=2",
+            "--metrics.tensorboard=false", "--checkpoint.every=0", "--checkpoint.save_final=false",
+            "--checkpoint.resume=none", f"--train.run_dir={run_dir or '/tmp/longweave-layout-test'}"]
+    over += [f"--parallel.{k}={v}" for k, v in parallel.items()]
+    return load_config(None, over)
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    from train.config import set_key
+
+    for o in overrides:
+        k, v = o.lstrip("-").split("=", 1)
+        set_key(cfg, k, v, from_cli=True)
+    return cfg
+
+
+def train_losses(rank, world, cfg) -> list[float]:
+    from train.loop import train
+
+    return train(cfg, log=lambda *_: None).losses
+
+
+def full_grads(model) -> dict[str, torch.Tensor]:
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for name, p in model.named_parameters():
+        name = name.removeprefix("module.").replace("_orig_mod.", "")
+        g = p.grad
+        if g is None:
+            continue
+        out[name] = (g.full_tensor() if isinstance(g, DTensor) else g).detach().clone()
+    return out
+
+
+def one_step_grads(rank, world, cfg, batch_seed: int = 0):
+    """(summed loss over the world, {param: full gradient}) after one forward/backward."""
+    import models
+    from data.loader import build_loader
+    from parallel import parallelize, wrap_engine
+    from parallel.distributed import all_reduce
+    from parallel.layout import setup_parallel
+    from train.optim import build_optimizer
+    from train.step import forward_backward
+
+    device = torch.device("cpu")
+    pstate = setup_parallel(cfg, device)
+    torch.manual_seed(cfg.train.seed)
+    model = models.build(cfg.model)
+    model = parallelize(model, pstate, cfg, device)
+    if cfg.parallel.engine == "deepspeed":
+        model, _ = wrap_engine(model, build_optimizer(model, cfg.optim, device), pstate, cfg)
+    loader = build_loader(cfg.data, pstate.dp_rank, pstate.dims.dp)
+    batches = [loader.next_batch().seq_slice(pstate.sp_rank, pstate.dims.sp) for _ in range(cfg.train.grad_accum)]
+    count = float(pstate.is_loss_rank) * sum(b.num_label_tokens() for b in batches)
+    global_count = int(all_reduce(torch.tensor([count], dtype=torch.float64)).item())
+    from contextlib import nullcontext
+
+    loss = forward_backward(model, batches, pstate, global_count, nullcontext())
+    loss = all_reduce(loss * float(pstate.is_loss_rank)).item() / global_count
+    grads = full_grads(model.module if cfg.parallel.engine == "deepspeed" else model)
+    if world > 1:
+        boxes = [None] * world
+        dist.all_gather_object(boxes, grads)
+        grads = {}
+        for box in boxes:
+            for k, v in box.items():
+                grads.setdefault(k, v)
+    return loss, grads
