@@ -297,3 +297,15 @@ def ssd_windowed(x, dt, A, B, C, w: int, *, D=None, initial_state=None, doc_ids=
     k0 = max(0, t - w)                 # only the last w inputs are kept (u is [.., h, p, n] per token)
     u = (dtf[:, k0:, :, None, None] * xf[:, k0:, :, :, None]) * Bh[:, k0:, :, None, :]
     return y, _window_cache_from_inputs(fin, u, loga64[:, k0:].to(acc)[..., None, None], init, seg[:, k0:], w)
+
+
+def set_collapse(model, s: CollapseSettings) -> int:
+    """Switch the mitigations of every recurrent mixer of `model` (training-free, e.g. at evaluation);
+    returns how many mixers were changed."""
+    validate(s)
+    n = 0
+    for m in model.modules():
+        if isinstance(getattr(m, "collapse", None), CollapseSettings):
+            m.collapse = s
+            n += 1
+    return n

@@ -35,6 +35,12 @@ class ModelConfig:
     lru_width: int = 0               # 0 = d_model
     lru_heads: int = 0               # blocks of the block-diagonal gates; 0 = n_heads
     lru_c: float = 8.0
+    # state-collapse mitigations for M and R (models/collapse.py); the defaults switch them off
+    collapse_decay_scale: float = 1.0   # λ ≥ 1 forgets more: a → a^λ (Δ·A → λ·Δ·A)
+    collapse_write_scale: float = 1.0   # γ ≤ 1 shrinks the written term u → γ·u
+    collapse_state_norm: float = 0.0    # per-head state-norm bound (0 = off)
+    collapse_norm_chunk: int = 64       # parallel path renormalises the carried state every this many tokens
+    collapse_window: int = 0            # state-difference sliding window in tokens (0 = off)
     # common
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
@@ -77,6 +83,9 @@ class ModelConfig:
             raise ValueError(f"model.mlp_type={self.mlp_type!r} must be 'swiglu' or 'geglu'")
         if self.window <= 0:
             raise ValueError("model.window must be a positive number of tokens")
+        from models.collapse import settings_from, validate
+
+        validate(settings_from(self))
         symbols = set(parse_pattern(self.pattern))
         if "M" in symbols:
             d_inner = self.ssm_expand * self.d_model

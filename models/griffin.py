@@ -22,6 +22,7 @@ from torch import nn
 
 from kernels.conv1d import causal_conv1d
 from kernels.rglru import linear_scan
+from models.collapse import plain_state, recurrent_step, scan_forward, settings_from
 from models.config import ModelConfig
 from models.context import MixerContext
 from models.recurrent_state import conv_tail, record_state_norm
@@ -103,6 +104,7 @@ class GriffinRecurrent(nn.Module):
         self.conv_weight = nn.Parameter(torch.empty(self.width, self.conv_width))
         self.conv_bias = nn.Parameter(torch.empty(self.width))
         self.rglru = RGLRU(self.width, cfg.lru_heads or cfg.n_heads, cfg.lru_c)
+        self.collapse = settings_from(cfg)      # state-collapse mitigations (off by default)
         self.linear_out = nn.Linear(self.width, cfg.d_model, bias=False)
         self.linear_out.is_residual_out = True
         self.reset_parameters()
@@ -129,11 +131,14 @@ class GriffinRecurrent(nn.Module):
             u = causal_conv1d(u_in, self.conv_weight, self.conv_bias, doc_ids=ctx.doc_ids,
                               left_context=conv_init)
         a, b = self.rglru.coefficients(u)
-        if ctx.sp is not None:
+        if self.collapse.active:
+            h, state = scan_forward(self.collapse, linear_scan, a, b, initial_state=h_init, doc_ids=ctx.doc_ids,
+                                    heads=self.rglru.gate_a.blocks, sp=ctx.sp, return_window_cache=ctx.return_states)
+        elif ctx.sp is not None:
             h, state = ctx.sp.linear_scan(linear_scan, a, b, doc_ids=ctx.doc_ids, initial_state=h_init)
         else:
             h, state = linear_scan(a, b, initial_state=h_init, doc_ids=ctx.doc_ids, return_final_state=True)
-        record_state_norm(ctx, self.layer_idx, state)
+        record_state_norm(ctx, self.layer_idx, plain_state(state))
         if ctx.return_states:
             ctx.set_final_state(self.layer_idx, (conv_tail(u_in, conv_init, self.conv_width, ctx.doc_ids), state))
         return self.linear_out(gate * h.to(x.dtype))
@@ -152,8 +157,11 @@ class GriffinRecurrent(nn.Module):
         window = torch.cat([tail.to(u_in.dtype), u_in[:, None]], dim=1)
         u = (window * self.conv_weight.t()).sum(1) + self.conv_bias
         a, b = self.rglru.coefficients(u)
-        h = a * h + b
-        return self.linear_out(gate * h.to(x.dtype)), (window[:, 1:], h)
+        if self.collapse.active:
+            state, h = recurrent_step(self.collapse, h, torch.log(a), b, heads=self.rglru.gate_a.blocks)
+        else:
+            h = state = a * h + b
+        return self.linear_out(gate * h.to(x.dtype)), (window[:, 1:], state)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token outside the nn.Linear layers: conv 2·width·k, the two

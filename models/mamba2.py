@@ -18,6 +18,7 @@ from torch import nn
 
 from kernels.conv1d import causal_conv1d
 from kernels.ssd import ssd
+from models.collapse import plain_state, recurrent_step, settings_from, ssd_forward
 from models.config import ModelConfig
 from models.context import MixerContext
 from models.gated_norm import GatedRMSNorm
@@ -33,6 +34,7 @@ class Mamba2(nn.Module):
         self.nheads = self.d_inner // self.headdim
         self.chunk_size, self.conv_width = cfg.ssm_chunk_size, cfg.conv_width
         self.dt_min, self.dt_max = cfg.dt_min, cfg.dt_max
+        self.collapse = settings_from(cfg)      # state-collapse mitigations (off by default)
         self.conv_channels = self.d_inner + 2 * self.ngroups * self.d_state
         self.in_proj = nn.Linear(cfg.d_model, self.d_inner + self.conv_channels + self.nheads, bias=False)
         self.conv_weight = nn.Parameter(torch.empty(self.conv_channels, self.conv_width))
@@ -85,13 +87,17 @@ class Mamba2(nn.Module):
         x, B, C = self.split_heads(xbc)
         dt = F.softplus(dt + self.dt_bias)
         A = -torch.exp(self.A_log.float() if self.A_log.dtype != torch.float64 else self.A_log)
-        if ctx.sp is not None:
+        if self.collapse.active:
+            y, state = ssd_forward(self.collapse, ssd, x, dt, A, B, C, D=self.D, initial_state=ssm_init,
+                                   doc_ids=ctx.doc_ids, chunk_size=self.chunk_size, sp=ctx.sp,
+                                   return_window_cache=ctx.return_states)
+        elif ctx.sp is not None:
             y, state = ctx.sp.ssd(ssd, x, dt, A, B, C, D=self.D, doc_ids=ctx.doc_ids,
                                   initial_state=ssm_init, chunk_size=self.chunk_size)
         else:
             y, state = ssd(x, dt, A, B, C, D=self.D, initial_state=ssm_init, doc_ids=ctx.doc_ids,
                            return_final_state=True, chunk_size=self.chunk_size)
-        record_state_norm(ctx, self.layer_idx, state)
+        record_state_norm(ctx, self.layer_idx, plain_state(state))
         if ctx.return_states:
             ctx.set_final_state(self.layer_idx, (conv_tail(xbc_in, conv_init, self.conv_width, ctx.doc_ids),
                                                  state))
@@ -111,14 +117,19 @@ class Mamba2(nn.Module):
         window = torch.cat([tail.to(xbc_in.dtype), xbc_in[:, None]], dim=1)          # [B, k, channels]
         xbc = F.silu((window * self.conv_weight.t()).sum(1) + self.conv_bias)
         x, B, C = self.split_heads(xbc)
-        work = state.dtype
+        work = plain_state(state).dtype
         dt = F.softplus(dt + self.dt_bias).to(work)                                   # [B, h]
         A = -torch.exp(self.A_log.to(work))
         rep = self.nheads // B.shape[1]
         Bh, Ch = B.to(work).repeat_interleave(rep, 1), C.to(work).repeat_interleave(rep, 1)
         xw = x.to(work)
-        state = torch.exp(dt * A)[..., None, None] * state + (dt[..., None] * xw)[..., None] * Bh[:, :, None]
-        y = torch.einsum("bhpn,bhn->bhp", state, Ch) + self.D.to(work)[:, None] * xw
+        if self.collapse.active:
+            state, read = recurrent_step(self.collapse, state, (dt * A)[..., None, None],
+                                         (dt[..., None] * xw)[..., None] * Bh[:, :, None])
+        else:
+            state = torch.exp(dt * A)[..., None, None] * state + (dt[..., None] * xw)[..., None] * Bh[:, :, None]
+            read = state
+        y = torch.einsum("bhpn,bhn->bhp", read, Ch) + self.D.to(work)[:, None] * xw
         y = self.norm(y.reshape(u.shape[0], self.d_inner).to(u.dtype), z)
         return self.out_proj(y), (window[:, 1:], state)
 
