@@ -102,10 +102,13 @@ def _init_worker(spec: str) -> None:
 
 
 def _tokenize(task: tuple) -> list[np.ndarray]:
-    """A task is ("text", [str...]) or ("synthetic", seed, start, stop); empty documents come back empty."""
+    """A task is ("text", [str...]) or ("synthetic", seed, start, stop, min_chars, max_chars).
+
+    Empty documents come back empty (the writer counts and drops them).
+    """
     if task[0] == "synthetic":
-        _, seed, start, stop = task
-        texts = [synthetic_document(seed, i) for i in range(start, stop)]
+        _, seed, start, stop, lo, hi = task
+        texts = [synthetic_document(seed, i, lo, hi) for i in range(start, stop)]
     else:
         texts = task[1]
     return [_TOKENIZER.encode_document(t) if t.strip() else np.empty(0, np.int64) for t in texts]
@@ -114,7 +117,8 @@ def _tokenize(task: tuple) -> list[np.ndarray]:
 def make_tasks(args, skipped: Skipped) -> Iterator[tuple]:
     if args.synthetic:
         for start in range(0, args.synthetic, TASK_DOCS):
-            yield ("synthetic", args.seed, start, min(args.synthetic, start + TASK_DOCS))
+            yield ("synthetic", args.seed, start, min(args.synthetic, start + TASK_DOCS), args.min_chars,
+                   args.max_chars)
         return
     batch: list[str] = []
     for text in iter_texts(find_inputs(args.input, skipped), args.jsonl_field, skipped):
@@ -213,6 +217,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jsonl-field", default="text", help="field holding the text in .jsonl lines")
     p.add_argument("--synthetic", type=int, default=0, help="write N documents of the embedded synthetic corpus")
     p.add_argument("--seed", type=int, default=1234, help="synthetic corpus seed")
+    p.add_argument("--min-chars", type=int, default=400, help="synthetic document size range (characters)")
+    p.add_argument("--max-chars", type=int, default=6000)
     p.add_argument("--overwrite", action="store_true", help="replace an existing manifest in --output")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -220,6 +226,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.shard_tokens <= 0 or args.workers < 0:
         p.error("--shard-tokens must be > 0 and --workers >= 0")
     return args
+
+
+def write_synthetic_shards(output: str | Path, documents: int, shard_tokens: int = 1 << 24, seed: int = 1234,
+                           min_chars: int = 400, max_chars: int = 6000, workers: int = 1) -> Manifest:
+    """`python -m data.prepare --synthetic N` as a function (tests, benchmarks)."""
+    return prepare(parse_args(["--synthetic", str(documents), "--output", str(output), "--shard-tokens",
+                               str(shard_tokens), "--seed", str(seed), "--min-chars", str(min_chars),
+                               "--max-chars", str(max_chars), "--workers", str(workers), "--overwrite",
+                               "--quiet"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ class _Steps(IterableDataset):
             spec = self.plan.spec(state)
             if index % n_workers == w:
                 seen = len(self.corpus.problems)
-                rows = self.plan.materialize(spec, self.dp_rank)
+                rows = np.stack(self.plan.materialize(spec, self.dp_rank))   # one array: one shm segment
                 yield rows, self.corpus.problems[seen:]
             state = self.plan.advance(state, spec)
             index += 1
@@ -99,8 +99,8 @@ class ShardLoader:
                 self.log(f"warning: skipped corrupt data: {p} ({len(self.skipped)} skipped so far)")
         spec = self.plan.spec(self.state)
         self.state = self.plan.advance(self.state, spec)
-        toks, labels, pos, doc = (torch.as_tensor(np.asarray(x)) for x in rows)
-        return Batch(toks.long(), labels.long(), pos.long(), doc.int())
+        rows = torch.as_tensor(rows)
+        return Batch(rows[0], rows[1], rows[2], rows[3].int())
 
     def __iter__(self):
         while True:
