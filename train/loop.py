@@ -156,6 +156,9 @@ def train(cfg: Config, log=print) -> TrainResult:
                 "perf/max_memory_gb": max_memory_gb(device),
                 "data/seq_len": seq_len, "data/batch_size": batch_rows,
             })
+            if cfg.metrics.state_norms:  # recurrent (M, R) final-state norms: the state-collapse watch
+                norms = getattr(getattr(model, "module", model), "last_state_norms", None) or {}
+                tb.scalars(step, {f"state_norm/layer_{i}": float(v) for i, v in sorted(norms.items())})
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; lower optim.lr or check the data")
         if cfg.eval.every > 0 and step % cfg.eval.every == 0:
