@@ -53,7 +53,7 @@ def cmd_local(args, overrides: list[str]) -> int:
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
-    if node.node_rank == 0:
+    if node.node_rank == 0 and node.source != "slurm":   # a SLURM job's record is its submission
         rundir.record_launch(cfg.train.run_dir, {"mode": "local", "config": str(Path(args.config).absolute()),
                                                  "overrides": overrides, "nnodes": node.nnodes,
                                                  "nproc_per_node": nproc, "env": node.source,

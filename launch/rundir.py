@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -51,6 +52,10 @@ def slurm_job_state(job_id: str) -> str:
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=False)
     if out.returncode == 0 and out.stdout.strip():
         return out.stdout.split()[0]
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=False)
+    m = re.search(r"JobState=(\S+)", out.stdout) if out.returncode == 0 else None
+    if m:
+        return m.group(1)
     if shutil.which("sacct"):
         out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"],
                              capture_output=True, text=True, check=False)

@@ -77,6 +77,8 @@ def write_exit_record(run_dir: str | Path, exit_code: int, step: int, reason: st
     path = Path(run_dir) / EXIT_RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{EXIT_RECORD}.tmp")
+    if exit_code == REQUEUE_EXIT_CODE and not reason:
+        reason = "stop requested by another rank (signal or time limit)"
     record = {"exit_code": exit_code, "step": step, "reason": reason if exit_code else "finished",
               "requeue": exit_code == REQUEUE_EXIT_CODE, "time": time.time(),
               "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
