@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels.attention import attention
+from kernels.attention import attention, select_attention_path
 from kernels.segments import segment_ids
 from models.config import ModelConfig
 from models.context import MixerContext
+from models.local_attention import banded_window_attention
 from models.rope import apply_rope, rope_angles
 
 
@@ -57,6 +58,8 @@ class Attention(nn.Module):
                 raise NotImplementedError("attention: an initial KV cache under sequence parallelism is "
                                           "not supported; pass initial states without sp")
             o = ctx.sp.attention(q, k, v, causal=True, window=self.window, doc_ids=ctx.doc_ids)
+        elif cache is None and self.use_banded(q, k):
+            o = banded_window_attention(q, k, v, self.window, ctx.doc_ids)
         elif cache is None:
             o = attention(q, k, v, causal=True, window=self.window,
                           q_doc_ids=ctx.doc_ids, k_doc_ids=ctx.doc_ids)
@@ -65,6 +68,13 @@ class Attention(nn.Module):
         if ctx.return_states:
             ctx.set_final_state(self.layer_idx, self.next_cache(cache, k, v, ctx))
         return self.wo(o.reshape(x.shape[0], x.shape[1], -1))
+
+    def use_banded(self, q: torch.Tensor, k: torch.Tensor) -> bool:
+        """Block-local evaluation for W when the chosen kernel would compute all T² pairs
+        (SDPA with a mask); fused kernels (flash-attn, Triton) skip out-of-window blocks."""
+        t = q.shape[1]
+        return (self.window is not None and t > 2 * self.window
+                and select_attention_path(q, k.shape[1], 0, 0, False) == "sdpa")
 
     def attend_with_cache(self, q, k, v, cache: dict, doc_ids: torch.Tensor | None) -> torch.Tensor:
         """Queries of this chunk over [cached keys, own keys]. The cache precedes token 0, so it

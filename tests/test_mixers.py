@@ -94,7 +94,7 @@ def test_causality(name):
         assert (out[:, t] - base[:, t]).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("name", ["mamba2", "griffin", "hybrid"])
+@pytest.mark.parametrize("name", ["window", "mamba2", "griffin", "hybrid"])
 def test_fast_kernels_match_reference_kernels(name, monkeypatch):
     model = build(PATTERNS[name])
     x = tokens()
@@ -135,3 +135,18 @@ def test_mamba2_init_and_no_weight_decay():
     for leaf in ("A_log", "D", "dt_bias", "a_param"):
         assert any(n.endswith(leaf) for n in nwd)
     assert "layers.0.mixer.in_proj.weight" not in nwd
+
+
+@pytest.mark.parametrize("t", [15, 16, 40, 43])
+def test_banded_window_attention_equals_masked_attention(t):
+    from kernels.attention import attention_reference
+    from models.local_attention import banded_window_attention
+
+    gen = torch.Generator().manual_seed(t)
+    q = torch.randn(2, t, 4, 8, dtype=torch.float64, generator=gen)
+    k, v = (torch.randn(2, t, 2, 8, dtype=torch.float64, generator=gen) for _ in range(2))
+    doc = torch.tensor([[0] * 5 + [1] * (t - 5), [3] * (t - 9) + [4] * 9])
+    want, _ = attention_reference(q, k, v, causal=True, window=7, q_doc_ids=doc, k_doc_ids=doc)
+    torch.testing.assert_close(banded_window_attention(q, k, v, 7, doc), want, rtol=1e-12, atol=1e-12)
+    want, _ = attention_reference(q, k, v, causal=True, window=7)
+    torch.testing.assert_close(banded_window_attention(q, k, v, 7), want, rtol=1e-12, atol=1e-12)
