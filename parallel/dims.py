@@ -80,8 +80,10 @@ def validate_layout(dims: ParallelDims, model_cfg, pcfg=None, batch_size: int | 
         if "M" in symbols:
             d_inner = model_cfg.ssm_expand * model_cfg.d_model
             need(d_inner // model_cfg.ssm_headdim, "the number of Mamba-2 heads", "model.ssm_headdim")
-            need(model_cfg.ssm_ngroups, "the number of Mamba-2 groups (model.ssm_ngroups)",
-                 "model.ssm_ngroups")
+            g = model_cfg.ssm_ngroups
+            if g % tp and g != 1:
+                raise LayoutError(f"model.ssm_ngroups={g} must be 1 or divisible by parallel.tp={tp} "
+                                  "(groups are split over tp ranks, or one group is replicated)")
         if "R" in symbols:
             width = model_cfg.lru_width or model_cfg.d_model
             need(width, "the Griffin recurrent width", "model.lru_width")

@@ -58,3 +58,25 @@ def all_reduce_grad_hook(group):
         dist.all_reduce(grad, group=group)
         return grad
     return hook
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the group in both directions: each rank's value feeds every rank's result,
+    and every rank uses the result differently (e.g. a norm over channels split across ranks)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        x = x.contiguous().clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def all_reduce_sum(x: torch.Tensor, group) -> torch.Tensor:
+    return _AllReduceSum.apply(x, group)
