@@ -128,14 +128,14 @@ class SequenceParallelHooks:
         cached, record = self._take("conv")
         halo = HaloFunction.apply(x, self.g, width, cached, record)
         self._keep("conv", cached, halo.detach(), record)
-        if halo.shape[1] == 0:
-            return conv_fn(x, weight, bias, doc_ids=doc_ids, activation=activation)
         left_docs = None if doc_ids is None else chunks.halo_docs(width).to(doc_ids.dtype)
-        if halo.shape[1] < width:                       # first ranks of a short-chunk layout: zero padding
+        if halo.shape[1] < width:
+            # rank 0 (and early ranks when width > chunk): zeros before the sequence start. The
+            # (possibly empty) halo stays in the graph so every rank joins the backward exchange.
             pad = width - halo.shape[1]
             halo = torch.cat([halo.new_zeros(halo.shape[0], pad, *halo.shape[2:]), halo], dim=1)
             if left_docs is not None:
-                left_docs = torch.cat([left_docs[:, :1].expand(-1, pad), left_docs], dim=1)
+                left_docs = torch.cat([doc_ids[:, :1].expand(-1, pad), left_docs], dim=1)
         return conv_fn(x, weight, bias, doc_ids=doc_ids, left_context=halo, left_doc_ids=left_docs,
                        activation=activation)
 

@@ -70,6 +70,9 @@ def carry_in(local_final: torch.Tensor, total_decay: torch.Tensor, initial, chun
     width = local_final[0].numel()
     links = boundary_links(chunks, local_final.shape[0], local_final.device)
     state = torch.zeros_like(local_final) if initial is None else initial.to(local_final.dtype)
+    # rank 0 reads nothing from the gather; a zero-size read keeps it in the graph so every rank
+    # joins the backward all-reduce
+    state = state + gathered[:0].sum()
     for j in range(g.rank):
         s_j = gathered[j][:, :width].view_as(local_final)
         lam_j = gathered[j][:, width:].view_as(total_decay)
