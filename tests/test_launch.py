@@ -1,0 +1,181 @@
+"""The launcher without torchrun: environment detection, layout checks, the exact torchrun
+command of `launch local --dry-run`, validation before submission, status/resume records."""
+import json
+import shlex
+import sys
+
+import pytest
+
+import launch.__main__ as cli
+from launch.env import (
+    LaunchError,
+    NodeEnv,
+    check_layout,
+    detect,
+    expand_hostlist,
+    merge_explicit,
+    port_for_job,
+)
+from train.config import ParallelConfig
+
+SLURM_STEP = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_NODEID": "1", "SLURM_NNODES": "3",
+              "SLURM_STEP_NUM_NODES": "3", "SLURM_STEP_NODELIST": "gpu[07-09]", "SLURM_JOB_NODELIST": "gpu[07-09]",
+              "SLURM_STEP_TASKS_PER_NODE": "1(x3)", "SLURM_GPUS_ON_NODE": "8", "SLURM_RESTART_COUNT": "2"}
+TINY = ["--model.d_model=32", "--model.n_heads=2", "--model.n_kv_heads=1", "--model.pattern=(*-)x1",
+        "--data.seq_len=32", "--data.batch_size=2", "--metrics.tensorboard=false"]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for k in list(os.environ):
+        if k.startswith(("SLURM_", "PET_")) or k in ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK",
+                                                    "RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+            monkeypatch.delenv(k)
+
+
+def test_expand_hostlist():
+    assert expand_hostlist("gpu[07-09,12],login5") == ["gpu07", "gpu08", "gpu09", "gpu12", "login5"]
+    assert expand_hostlist("a1,b[1-2]-ib") == ["a1", "b1-ib", "b2-ib"]
+    assert expand_hostlist("node") == ["node"]
+
+
+def test_detect_slurm_step():
+    env = detect(SLURM_STEP)
+    assert env == NodeEnv("slurm", 3, 1, "gpu07", port_for_job("4242"), "slurm-4242-2", "4242", 8)
+    assert 20000 <= env.master_port < 40000
+    assert detect({**SLURM_STEP, "MASTER_ADDR": "10.1.1.1", "MASTER_PORT": "1234"}).master_port == 1234
+
+
+def test_detect_slurm_contradictions():
+    batch = {k: v for k, v in SLURM_STEP.items() if not k.startswith("SLURM_STEP")}
+    with pytest.raises(LaunchError, match="not inside a job step"):
+        detect(batch)                                  # 3 nodes but run in the batch shell: only 1 would start
+    assert detect({**batch, "SLURM_NNODES": "1"}).nnodes == 1
+    with pytest.raises(LaunchError, match="ntasks-per-node=1"):
+        detect({**SLURM_STEP, "SLURM_STEP_TASKS_PER_NODE": "8(x3)"})
+    with pytest.raises(LaunchError, match="--nnodes 2 contradicts the slurm environment"):
+        merge_explicit(detect(SLURM_STEP), 2, None, None, None, None)
+    with pytest.raises(LaunchError, match="already inside a torchrun worker"):
+        detect({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "x"})
+
+
+def test_detect_torchrun_variables_and_local():
+    env = detect({"MASTER_ADDR": "head", "MASTER_PORT": "29400", "PET_NNODES": "4", "PET_NODE_RANK": "3"})
+    assert (env.source, env.nnodes, env.node_rank, env.master_addr, env.master_port) == ("torchrun", 4, 3, "head", 29400)
+    assert detect({}).source == "local"
+    with pytest.raises(LaunchError, match="outside 0..1"):
+        merge_explicit(detect({}), 2, 2, None, None, None)
+
+
+def test_check_layout():
+    assert check_layout(ParallelConfig(tp=2, sp=2), 2, 4) == 8
+    with pytest.raises(LaunchError, match="needs 4 processes but 2 node"):
+        check_layout(ParallelConfig(dp=4), 2, 4)
+    with pytest.raises(LaunchError, match="multiple of tp\\*pp\\*sp=3"):
+        check_layout(ParallelConfig(pp=3), 1, 4)
+    with pytest.raises(LaunchError, match="must share a node"):
+        check_layout(ParallelConfig(tp=8), 2, 4)
+
+
+def run_cli(capsys, *argv):
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_local_dry_run_prints_exact_torchrun_command(capsys):
+    rc, out, _ = run_cli(capsys, "local", "--dry-run", "--nproc-per-node", "2", "--train.steps=5")
+    assert rc == 0
+    assert out.strip() == shlex.join([sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+                                      "--nproc-per-node=2", "--max-restarts=0", "--standalone", "-m", "train",
+                                      "--config", "configs/tiny.toml", "--train.steps=5"])
+    rc, out, _ = run_cli(capsys, "local", "--dry-run", "--nproc-per-node", "4", "--nnodes", "2", "--node-rank",
+                         "1", "--master-addr", "10.0.0.1", "--master-port", "29400", "--rdzv-id", "exp7",
+                         "--resume", "auto")
+    assert rc == 0
+    assert out.strip() == shlex.join([sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+                                      "--nproc-per-node=4", "--max-restarts=0", "--rdzv-backend=c10d",
+                                      "--rdzv-endpoint=10.0.0.1:29400", "--rdzv-id=exp7", "--rdzv-conf=is_host=0",
+                                      "--node-rank=1", "-m", "train", "--config", "configs/tiny.toml",
+                                      "--checkpoint.resume=auto"])
+
+
+def test_local_dry_run_inside_slurm(capsys, monkeypatch):
+    for k, v in SLURM_STEP.items():
+        monkeypatch.setenv(k, v)
+    rc, out, _ = run_cli(capsys, "local", "--dry-run", "--train.device=cpu")   # 8 GPUs on the node -> 8 procs
+    assert rc == 0
+    assert f"--nnodes=3 --nproc-per-node=8 --max-restarts=0 --rdzv-backend=c10d --rdzv-endpoint=gpu07:" \
+           f"{port_for_job('4242')} --rdzv-id=slurm-4242-2 --rdzv-conf=is_host=0 --node-rank=1" in out
+    rc, _, err = run_cli(capsys, "local", "--dry-run", "--nnodes", "2")
+    assert rc == 2 and "contradicts the slurm environment" in err
+
+
+def test_bad_config_and_layout_never_reach_the_queue(capsys, monkeypatch, tmp_path):
+    def no_submit(path):
+        raise AssertionError("sbatch must not be called")
+
+    monkeypatch.setattr("launch.sbatch.submit", no_submit)
+    rc, out, err = run_cli(capsys, "slurm", "--nodes", "2", "--train.stepz=3", f"--train.run_dir={tmp_path}")
+    assert rc == 2 and err.strip().count("\n") == 0 and "nearest valid key: 'train.steps'" in err
+    rc, _, err = run_cli(capsys, "slurm", "--nodes", "2", "--gpus-per-node", "4", "--parallel.dp=4",
+                         f"--train.run_dir={tmp_path}")
+    assert rc == 2 and "needs 4 processes but 2 node(s) x 4 per node = 8" in err
+    rc, _, err = run_cli(capsys, "slurm", "--time", "forever", f"--train.run_dir={tmp_path}")
+    assert rc == 2 and "is not a SLURM time" in err
+    rc, _, err = run_cli(capsys, "slurm", "--train.device=cuda", f"--train.run_dir={tmp_path}")
+    assert rc == 2 and "--gpus-per-node is 0" in err
+    assert not (tmp_path / "launch").exists()
+
+
+def fake_sbatch(tmp_path, monkeypatch, job_id="777"):
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {bindir}/calls\necho "{job_id};cluster"\n')
+    (bindir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")   # no real squeue/scontrol: job state unknown
+    return bindir / "calls"
+
+
+def test_slurm_submit_status_and_resume(capsys, monkeypatch, tmp_path):
+    calls = fake_sbatch(tmp_path, monkeypatch)
+    run = tmp_path / "run"
+    rc, out, _ = run_cli(capsys, "slurm", "--nproc-per-node", "2", "--time", "00:30:00", *TINY,
+                         "--train.steps=7", f"--train.run_dir={run}")
+    assert rc == 0 and "submitted job 777" in out
+    scripts = sorted((run / "launch").glob("job-*.sbatch"))
+    assert len(scripts) == 1 and calls.read_text().split() == ["--parsable", str(scripts[0])]
+    assert f"--config {run / 'launch' / 'config.toml'} --resume auto" in scripts[0].read_text()
+    from train.config import load_config
+
+    assert load_config(run / "launch" / "config.toml").train.steps == 7     # the resolved config, validated
+    rc, out, _ = run_cli(capsys, "status", str(run), "--json")
+    info = json.loads(out)
+    assert info["checkpoints"] == [] and info["last_launch"]["job_id"] == "777" and info["total_steps"] == 7
+    rc, out, _ = run_cli(capsys, "resume", str(run), "--train.steps=9")
+    assert rc == 0 and "resubmitted" in out
+    assert load_config(run / "launch" / "config.toml").train.steps == 9     # overrides update the job's config
+    assert len(calls.read_text().splitlines()) == 2
+    rc, _, err = run_cli(capsys, "resume", str(run), "--parallel.dp=3")
+    assert rc == 2 and "needs 3 processes" in err
+
+
+def test_status_and_resume_of_a_local_run(capsys, tmp_path):
+    from train.config import load_config
+    from train.loop import train
+
+    run = tmp_path / "run"
+    cfg = load_config("configs/tiny.toml", [*TINY, "--train.steps=3", f"--train.run_dir={run}",
+                                            "--checkpoint.every=2", "--train.log_every=100"])
+    train(cfg, log=lambda *a: None)
+    rc, out, _ = run_cli(capsys, "status", str(run))
+    assert rc == 0
+    assert "checkpoints  2, newest step 3 of 3" in out and "last exit    0 at step 3 (finished)" in out
+    rc, out, _ = run_cli(capsys, "resume", str(run), "--dry-run", "--train.steps=6")
+    assert rc == 0
+    assert out.strip().endswith(shlex.join(["-m", "train", "--config", str(run / "config.toml"),
+                                            "--train.steps=6", "--checkpoint.resume=auto"]))
+    rc, _, err = run_cli(capsys, "status", str(tmp_path / "nothing"))
+    assert rc == 1
