@@ -12,7 +12,6 @@ tokens out of the loss (counted warning), otherwise the read raises.
 """
 from __future__ import annotations
 
-import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from data.shards import read_shard
 
 
 class ShardCorpus:
-    def __init__(self, directory: str | Path, skip_corrupt: bool = False, cache_shards: int = 4, log=None):
+    def __init__(self, directory: str | Path, skip_corrupt: bool = False, cache_shards: int = 4):
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise ManifestError(f"data.path={str(directory)!r} is not a directory; point it at a "
@@ -31,11 +30,10 @@ class ShardCorpus:
         self.manifest: Manifest = read_manifest(self.directory)
         self.skip_corrupt = skip_corrupt
         self.cache_shards = cache_shards
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.written_lengths = read_lengths(self.directory, self.manifest)   # per shard, as written
         self.lengths = [x.copy() for x in self.written_lengths]              # the layout's (0 = excluded)
         self.first_doc = np.concatenate([[0], np.cumsum([len(x) for x in self.lengths])]).astype(np.int64)
-        self.problems: list[str] = []
+        self.problems: list[tuple[str, int]] = []    # (message, documents lost), in order met
         self._cache: OrderedDict[int, list[np.ndarray | None]] = OrderedDict()
         names = [s.name for s in self.manifest.shards]
         for name in check_files(self.directory, self.manifest):
@@ -57,12 +55,10 @@ class ShardCorpus:
     def vocab_size(self) -> int:
         return self.manifest.vocab_size
 
-    def report(self, problem: str) -> None:
-        """Count and log one skipped sample (only reachable with skip_corrupt)."""
-        if problem in self.problems:      # a shard re-read after eviction reports the same damage
-            return
-        self.problems.append(problem)
-        self.log(f"warning: skipping corrupt data: {problem} ({len(self.problems)} skipped so far)")
+    def report(self, problem: tuple[str, int]) -> None:
+        """Record one skipped-data event (only reachable with skip_corrupt); the loader logs and counts it."""
+        if problem not in self.problems:      # a shard re-read after eviction reports the same damage
+            self.problems.append(problem)
 
     def shard_docs(self, s: int) -> list[np.ndarray | None]:
         if s in self._cache:

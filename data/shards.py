@@ -96,22 +96,23 @@ class ShardWriter:
 
 
 def read_shard(path: str | Path, lengths: np.ndarray, first_doc: int, skip_corrupt: bool = False,
-               ) -> tuple[list[np.ndarray | None], list[str]]:
+               ) -> tuple[list[np.ndarray | None], list[tuple[str, int]]]:
     """Every document of one shard, in order, checked against `lengths`.
 
     Returns (docs, problems): docs[i] is None where sample i was unreadable (only with
-    skip_corrupt; otherwise the first problem raises CorruptShardError naming shard and sample).
+    skip_corrupt; otherwise the first problem raises CorruptShardError naming shard and sample);
+    a problem is (message, documents lost), one per event (a broken tar loses the rest of the shard).
     """
     path = Path(path)
     n = len(lengths)
     docs: list[np.ndarray | None] = [None] * n
-    problems: list[str] = []
+    problems: list[tuple[str, int]] = []
 
-    def bad(i: int, why: str) -> None:
+    def bad(i: int, why: str, lost: int = 1) -> None:
         msg = f"shard {path.name} sample {sample_key(first_doc + i)} (#{i} in shard): {why}"
         if not skip_corrupt:
             raise CorruptShardError(msg + "; re-run data.prepare or set data.skip_corrupt=true")
-        problems.append(msg)
+        problems.append((msg + (f"; {lost} documents lost" if lost > 1 else ""), lost))
 
     i, broken = 0, False
     try:
@@ -137,7 +138,7 @@ def read_shard(path: str | Path, lengths: np.ndarray, first_doc: int, skip_corru
         raise
     except Exception as e:  # noqa: BLE001 - tar-level damage (truncation, bad header)
         broken = True
-        bad(i, f"tar stream broken ({type(e).__name__}: {e})")
+        bad(i, f"tar stream broken ({type(e).__name__}: {e})", n - i)
     if i < n and not broken:
-        bad(i, f"shard ends after {i} of {n} samples (truncated)")
+        bad(i, f"shard ends after {i} of {n} samples (truncated)", n - i)
     return docs, problems

@@ -61,18 +61,19 @@ class ShardLoader:
             if warmup is not None:
                 raise DataError("data.curriculum (sequence-length warmup) and data.packing='dd' do not combine; "
                                  "Dataset Decomposition is its own length curriculum (data.dd_order)")
-            self.corpus = ShardCorpus(path, skip_corrupt, cache_shards=16, log=self.log)
+            self.corpus = ShardCorpus(path, skip_corrupt, cache_shards=16)
             max_len = dd_max_len or seq_len
             dec = decompose(np.concatenate(self.corpus.lengths), dd_min_len, max_len, seed)
             self.plan = DDPlan(self.corpus, dec, seed, batch_size, seq_len, dp_size, dd_order)
         elif packing == "concat":
-            self.corpus = ShardCorpus(path, skip_corrupt, cache_shards=4, log=self.log)
+            self.corpus = ShardCorpus(path, skip_corrupt, cache_shards=4)
             length_at = warmup.length if warmup is not None else (lambda t: seq_len)
             self.plan = ConcatPlan(ConcatStream(self.corpus, seed), batch_size, dp_size, length_at)
         else:
             raise DataError(f"data.packing must be concat or dd; got {packing!r}")
         self.state = self.plan.initial_state()
-        self.skipped: list[str] = list(self.corpus.problems)
+        self.skipped: dict[str, int] = {}         # corrupt-data events → documents skipped
+        self._note(self.corpus.problems)
         self._iter = None
         self._loader = None
 
@@ -93,14 +94,23 @@ class ShardLoader:
         if self._iter is None:
             self._start()
         rows, problems = next(self._iter)
-        for p in problems:       # corrupt samples met by a worker: count once, log in this process
-            if p not in self.skipped:
-                self.skipped.append(p)
-                self.log(f"warning: skipped corrupt data: {p} ({len(self.skipped)} skipped so far)")
+        self._note(problems)
         spec = self.plan.spec(self.state)
         self.state = self.plan.advance(self.state, spec)
         rows = torch.as_tensor(rows)
         return Batch(rows[0], rows[1], rows[2], rows[3].int())
+
+    def _note(self, problems) -> None:
+        """Count and log corrupt data met at start or by any worker (each event once, in this process)."""
+        for msg, lost in problems:
+            if msg not in self.skipped:
+                self.skipped[msg] = int(lost)
+                self.log(f"warning: skipping corrupt data: {msg} ({self.skipped_documents} documents "
+                         "skipped so far)")
+
+    @property
+    def skipped_documents(self) -> int:
+        return sum(self.skipped.values())
 
     def __iter__(self):
         while True:
@@ -112,7 +122,7 @@ class ShardLoader:
 
     def state_dict(self) -> dict:
         return {"source": "shards", "packing": self.packing, "seed": self.seed, **self.state,
-                "skipped_corrupt": len(self.skipped)}
+                "skipped_corrupt": self.skipped_documents}
 
     def load_state_dict(self, state: dict) -> None:
         for key, want in (("source", "shards"), ("packing", self.packing), ("seed", self.seed)):
