@@ -127,6 +127,15 @@ class EvalConfig:
 
 
 @dataclass
+class LengthGenConfig:
+    """Length-generalisation training interventions for M/R layers (train/length_gen.py)."""
+    state_init: str = choice("zero", "noise", "fitted_noise", "passing")
+    noise_std: float = 0.1            # σ of "noise" (and the start value of "fitted_noise")
+    fit_momentum: float = 0.9         # running-RMS momentum of "fitted_noise"
+    tbptt: bool = False               # truncated BPTT over consecutive chunks (row-stream loader)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -136,6 +145,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lengthgen: LengthGenConfig = field(default_factory=LengthGenConfig)
 
 
 def all_keys(cfg: Config) -> list[str]:

@@ -79,6 +79,11 @@ def train(cfg: Config, log=print) -> TrainResult:
     optimizer = build_optimizer(model, cfg.optim, device)
     model, optimizer = wrap_engine(model, optimizer, pstate, cfg)
     loader = build_loader(cfg.data, pstate.dp_rank, dims.dp)
+    from train.length_gen import build_length_gen, build_tbptt_loader  # [lengthgen] (train/length_gen.py)
+
+    pstate.length_gen = build_length_gen(cfg, model, pstate)
+    if cfg.lengthgen.tbptt:
+        loader = build_tbptt_loader(cfg, pstate.dp_rank, dims.dp)
     if getattr(loader, "vocab_size", 0) > cfg.model.vocab_size:
         raise DataError(f"the shards' tokenizer has {loader.vocab_size} ids but model.vocab_size is "
                         f"{cfg.model.vocab_size}; set model.vocab_size >= {loader.vocab_size}")
@@ -162,7 +167,7 @@ def train(cfg: Config, log=print) -> TrainResult:
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; lower optim.lr or check the data")
         if cfg.eval.every > 0 and step % cfg.eval.every == 0:
-            from train.evaluate import periodic_eval   # passkey + loss by position (train/evaluate.py)
+            from train.evaluate import periodic_eval  # passkey + loss by position (train/evaluate.py)
 
             periodic_eval(model, cfg, step, tb, is_main, device)
         every = cfg.checkpoint.every

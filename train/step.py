@@ -44,8 +44,13 @@ def _micro_batches(model, batches: list[Batch], pstate, scale: float, autocast) 
         last = i == len(batches) - 1
         sync = model.no_sync() if (not last and hasattr(model, "no_sync")) else nullcontext()
         with sync:
+            length_gen = getattr(pstate, "length_gen", None)   # [lengthgen] state init (train/length_gen.py)
             with autocast:
-                logits = model(b.tokens, b.positions, b.doc_ids, sp=pstate.sp_hooks)
+                if length_gen is None:
+                    logits = model(b.tokens, b.positions, b.doc_ids, sp=pstate.sp_hooks)
+                else:
+                    out = model(b.tokens, b.positions, b.doc_ids, sp=pstate.sp_hooks, **length_gen.forward_kwargs(b))
+                    logits = length_gen.after_forward(out, b)
             ce = token_loss_sum(logits, b.labels, pstate)
             if backward is not None:
                 backward(ce * scale)

@@ -1,0 +1,61 @@
+"""Row-stream loader for truncated BPTT: row r of step k+1 is the continuation of row r of step k.
+
+The ordinary packer cuts *one* token stream into consecutive rows, so consecutive steps see
+unrelated text in a given row and a carried recurrent state would be meaningless. Here each
+global row (dp_size · batch_size of them) is its own packed stream over a disjoint,
+interleaved subset of the synthetic corpus (stream r reads documents r, r + n, r + 2n, ...),
+so the final state of a row is the correct initial state of the same row at the next step
+(positions[:, 0] > 0 says the row continues a document; 0 says a new one starts there).
+State = each stream's (doc_index, doc_offset), global, so resume is exact for any dp size.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from data.batch import Batch
+from data.packing import ConcatChunkPacker
+from data.synthetic import synthetic_document
+from data.tokenizer import ByteTokenizer
+
+
+class RowStreamLoader:
+    def __init__(self, seq_len: int, batch_size: int, dp_rank: int = 0, dp_size: int = 1, seed: int = 0,
+                 min_chars: int = 400, max_chars: int = 6000):
+        tok = ByteTokenizer()
+        self.batch_size, self.dp_rank, self.dp_size, self.seed = batch_size, dp_rank, dp_size, seed
+        n = batch_size * dp_size
+
+        def stream(r: int):
+            return lambda i: tok.encode_document(synthetic_document(seed, i * n + r, min_chars, max_chars))
+
+        # every rank advances every stream (cheap) so the saved state is global, like SyntheticLoader
+        self.packers = [ConcatChunkPacker(stream(r), seq_len) for r in range(n)]
+        self.steps = 0
+
+    @property
+    def seq_len(self) -> int:
+        return self.packers[0].seq_len
+
+    def next_batch(self) -> Batch:
+        rows = [p.next_row() for p in self.packers]
+        self.steps += 1
+        lo, hi = self.dp_rank * self.batch_size, (self.dp_rank + 1) * self.batch_size
+        tok, lab, pos, doc = (torch.from_numpy(np.stack([r[k] for r in rows[lo:hi]])) for k in range(4))
+        return Batch(tok, lab, pos, doc.to(torch.int32))
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {"source": "row_streams", "seed": self.seed, "steps": self.steps,
+                "streams": [p.state_dict() for p in self.packers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("source") != "row_streams" or len(state.get("streams", [])) != len(self.packers):
+            raise ValueError("checkpoint's data state is not a row-stream state with "
+                             f"{len(self.packers)} streams; resume with the same lengthgen.tbptt, batch and dp size")
+        self.steps = int(state["steps"])
+        for p, s in zip(self.packers, state["streams"]):
+            p.load_state_dict(s)
