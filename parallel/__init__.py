@@ -23,8 +23,6 @@ def parallelize(model: nn.Module, pstate, cfg, device: torch.device) -> nn.Modul
     `pstate` is the run's parallel.layout.ParallelState; sequence parallelism sets pstate.sp_hooks.
     """
     dims = pstate.dims
-    if dims.sp > 1:
-        raise LayoutError(f"parallel.sp={dims.sp} is not implemented yet; set parallel.sp=1")
     runner = None
     if dims.pp > 1:
         # stages are cut first (on the whole model), so TP and the rest apply to this rank's share
@@ -39,6 +37,11 @@ def parallelize(model: nn.Module, pstate, cfg, device: torch.device) -> nn.Modul
 
         apply_tensor_parallel(model, pstate.mesh["tp"])
         pstate.grad_sync = align_grads(list(model.parameters()))
+    if dims.sp > 1:
+        # LightSeq sequence parallelism: the hooks the mixers call as ctx.sp (parallel/sequence/)
+        from parallel.sequence import SequenceParallelHooks
+
+        pstate.sp_hooks = SequenceParallelHooks(pstate.mesh["sp"].get_group())
     if cfg.train.activation_checkpointing:
         apply_activation_checkpointing(model)
     if cfg.train.compile:
