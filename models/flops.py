@@ -8,7 +8,11 @@ FLOPs forward and twice that backward, so training costs 3x forward. Per token:
   (w ≤ T) (w·(w+1)/2 + (T − w)·w) / T. Counting only visible keys is what fused kernels
   actually compute (FlashAttention's convention for causal).
 Mixers may define `flops_per_token(seq_len)` (forward, per token, excluding their linear
-layers) to add their own non-matmul work, e.g. the SSD scan or the RG-LRU recurrence.
+layers) to add their own non-matmul work: `M` (models/mamba2.py) adds the depthwise conv and
+the chunked SSD (C·Bᵀ and scores·x over chunks of L tokens, chunk states, state→output);
+`R` (models/griffin.py) adds the conv, the block-diagonal gates and the recurrence. Both are
+linear in T, so their per-token cost is flat; `*` grows with T, `W` saturates at the window.
+MLP (`-`) is linear layers only.
 """
 from __future__ import annotations
 
