@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
-import torch
+# `python benchmarks/scaling.py` puts benchmarks/ first on sys.path, where a script may share a
+# package's name (benchmarks/kernels.py vs the kernels package): import from the repo root.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-import models
+import torch  # noqa: E402
+
+import models  # noqa: E402
 
 STACKS = {
     "*": dict(pattern="(*-)x2"),
