@@ -66,3 +66,19 @@ def test_cli_trains_on_shards_and_reports_bad_data_settings_in_one_line(shards, 
                      f"--train.run_dir={tmp_path / 'bad'}", "--train.steps=1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("error: data.path=") and "not a directory" in err[-1]
+
+
+def _dp_run(rank, world, shards, run_dir, *extra):
+    cfg = config(shards, run_dir, "--train.steps=3", "--checkpoint.every=0", "--data.batch_size=2", *extra)
+    return train(cfg, log=lambda m: None).losses
+
+
+@pytest.mark.parametrize("packing", ["concat", "dd"])
+def test_data_parallel_on_shards_matches_one_process(pool2, shards, tmp_path, packing):
+    """dp=2 × 2 rows is the same global batch as 1 × 4 rows: the losses agree (both packings)."""
+    extra = [f"--data.packing={packing}", "--data.dd_min_len=8"]
+    two = pool2.run(_dp_run, str(shards), str(tmp_path / "dp2"), *extra)
+    assert two[0] == two[1]
+    one = train(config(shards, tmp_path / "dp1", "--train.steps=3", "--checkpoint.every=0", "--data.batch_size=4",
+                       *extra), log=lambda m: None).losses
+    assert max(abs(a - b) for a, b in zip(two[0], one)) < 1e-5
