@@ -74,6 +74,9 @@ def train(cfg: Config, log=print) -> TrainResult:
     flops_tok = models.flops_per_token(model, seq_len)
     # curricula change the row length per step; MFU uses the FLOPs of the length actually trained
     flops_by_len = {n: models.flops_per_token(model, n) for n in possible_lengths(cfg.data)}
+    if any(n % dims.sp for n in flops_by_len):
+        raise DataError(f"the data's row lengths {sorted(flops_by_len)} must all be multiples of parallel.sp="
+                        f"{dims.sp}; make data.curriculum_len_step / data.dd_min_len a multiple of it")
     n_params = sum(p.numel() for p in model.parameters())
     model = parallelize(model, pstate, cfg, device)
     optimizer = build_optimizer(model, cfg.optim, device)
