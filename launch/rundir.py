@@ -14,9 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from train.checkpoint import STEP_DIR, list_checkpoints
 from train.config import Config, dump_toml
-from train.metrics import read_step_log
 from train.preemption import REQUEUE_EXIT_CODE, read_exit_record
 
 
@@ -66,6 +64,10 @@ def slurm_job_state(job_id: str) -> str:
 
 def status(run_dir: str | Path) -> dict:
     """Everything known about a run: config, checkpoints, progress, how it last ended, its jobs."""
+    # imported here: torch.distributed.checkpoint is slow to import, and `status` is the only user
+    from train.checkpoint import STEP_DIR, list_checkpoints
+    from train.metrics import read_step_log
+
     run = Path(run_dir)
     info: dict = {"run_dir": str(run), "exists": run.is_dir()}
     cfg_path = launch_dir(run) / "config.toml"
