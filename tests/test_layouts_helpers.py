@@ -85,3 +85,32 @@ def one_step_grads(rank, world, cfg, batch_seed: int = 0):
             for k, v in box.items():
                 grads.setdefault(k, v)
     return loss, grads
+
+
+def world_dp(world: int, par: dict) -> int:
+    if par.get("dp", -1) > 0:
+        return par["dp"]
+    return world // (par.get("tp", 1) * par.get("pp", 1) * par.get("sp", 1))
+
+
+def reference_config(pattern: str, dp: int, steps: int = 20, **extra):
+    """The single-process run that a layout with `dp` data-parallel ranks must reproduce:
+    the same global batch (dp × 4 rows)."""
+    cfg = tiny_config(pattern, steps=steps, **extra)
+    cfg.data.batch_size *= dp
+    return cfg
+
+
+def sp_available() -> bool:
+    """Whether sequence parallelism is implemented in this checkout (issue 6 lands separately)."""
+    import inspect
+
+    import parallel
+
+    return "is not implemented yet; set parallel.sp=1" not in inspect.getsource(parallel)
+
+
+def assert_grads_close(grads: dict, ref: dict, atol: float = 2e-6, rtol: float = 1e-4) -> None:
+    assert set(grads) == set(ref), set(grads) ^ set(ref)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref[name], atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")

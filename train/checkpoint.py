@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from parallel.deepspeed_engine import is_deepspeed, load_deepspeed, save_deepspeed
 from parallel.distributed import barrier, is_dist
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -102,8 +103,11 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        if is_deepspeed(model):
+            save_deepspeed(model, tmp)         # ZeRO-partitioned optimizer + full weights via DCP
+        else:
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
         torch.save({"rng": rng_state()}, tmp / f"rank-{self.rank:05d}.pt")
         barrier()
         if self.rank == 0:
@@ -127,10 +131,13 @@ class Checkpointer:
 
     def load(self, path: Path, model, optimizer) -> dict:
         """Load model, optimizer and this rank's RNG from `path`; returns the train state."""
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        if is_deepspeed(model):
+            load_deepspeed(model, path)
+        else:
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            state = {"model": model_sd, "optim": optim_sd}
+            dcp.load(state, checkpoint_id=str(path))
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         rank_file = path / f"rank-{self.rank:05d}.pt"
         if rank_file.is_file():
             set_rng_state(torch.load(rank_file, weights_only=False)["rng"])

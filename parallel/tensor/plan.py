@@ -22,20 +22,21 @@ from torch import nn
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-from parallel.tensor.collectives import all_reduce_grad_hook, copy_to_tp
+from parallel.tensor.collectives import copy_to_tp
+from parallel.tensor.views import local_views
 
 
 def keep_replicated_heads(linear: nn.Linear, head_dim: int, head: int, group) -> None:
-    """Make a replicated K or V projection return only kv head `head` of its output.
+    """Make a replicated K or V projection compute only kv head `head`.
 
     Used when kv_heads < tp: rank r keeps kv head r // (tp / kv_heads), so its query heads
-    (a contiguous block of one GQA group) see the key/value head they need. Hooks, not a
-    wrapper module, so parameter names (and checkpoints) stay those of the plain model.
+    (a contiguous block of one GQA group) see the key/value head they need. The input enters
+    through copy_to_tp and the weight through copy_to_tp (gradients summed over tp: ranks use
+    different rows, or the same head for different queries); names stay those of the plain model.
     """
     lo, hi = head * head_dim, (head + 1) * head_dim
     linear.register_forward_pre_hook(lambda _m, args: (copy_to_tp(args[0], group), *args[1:]))
-    linear.register_forward_hook(lambda _m, _i, out: out[..., lo:hi])
-    linear.weight.register_hook(all_reduce_grad_hook(group))
+    local_views(linear, {"weight": lambda w: copy_to_tp(w, group)[lo:hi]})
 
 
 def _shard_attention(mixer: nn.Module, tp_mesh) -> None:

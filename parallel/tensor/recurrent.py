@@ -26,22 +26,8 @@ from torch import nn
 from torch.distributed.tensor import Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-from parallel.tensor.collectives import all_reduce_grad_hook, all_reduce_sum, copy_to_tp
-
-
-def local_views(module: nn.Module, views: dict, owner: nn.Module | None = None) -> None:
-    """During owner's forward (default: module's), module.<name> reads views[name](parameter)
-    instead of the parameter (owner: for submodules used through a method, not called)."""
-    def pre(_mod, args):
-        for name, fn in views.items():
-            module.__dict__[name] = fn(module._parameters[name])
-
-    def post(_mod, args, out):
-        for name in views:
-            module.__dict__.pop(name, None)
-
-    (owner or module).register_forward_pre_hook(pre)
-    (owner or module).register_forward_hook(post)
+from parallel.tensor.collectives import all_reduce_sum, copy_to_tp
+from parallel.tensor.views import local_views
 
 
 def shard_dim0(module: nn.Module, names: list[str], tp_mesh) -> dict:
@@ -52,10 +38,10 @@ def shard_dim0(module: nn.Module, names: list[str], tp_mesh) -> dict:
     return {name: (lambda p: p.to_local()) for name in names}
 
 
-def replicated_rows(module: nn.Module, names: list[str], rows: torch.Tensor, group) -> dict:
-    for name in names:
-        module._parameters[name].register_hook(all_reduce_grad_hook(group))
-    return {name: (lambda p, _rows=rows: p.index_select(0, _rows)) for name in names}
+def replicated_rows(names: list[str], rows: torch.Tensor, group) -> dict:
+    """Views of replicated weights keeping `rows`; the gradient is summed over tp on its way
+    back to the full weight (copy_to_tp), so it also works when FSDP2 swaps the parameters."""
+    return {name: (lambda p, _rows=rows: copy_to_tp(p, group).index_select(0, _rows)) for name in names}
 
 
 def _segments(bounds: list[tuple[int, int, int]], tp: int, rank: int) -> torch.Tensor:
@@ -84,9 +70,9 @@ def shard_mamba2(m: nn.Module, tp_mesh) -> None:
     device = m.in_proj.weight.device
     in_rows, conv_rows = in_rows.to(device), conv_rows.to(device)
 
-    local_views(m.in_proj, replicated_rows(m.in_proj, ["weight"], in_rows, group))
+    local_views(m.in_proj, replicated_rows(["weight"], in_rows, group))
     m.in_proj.register_forward_pre_hook(lambda _m, args: (copy_to_tp(args[0], group), *args[1:]))
-    views = replicated_rows(m, ["conv_weight", "conv_bias"], conv_rows, group)
+    views = replicated_rows(["conv_weight", "conv_bias"], conv_rows, group)
     views.update(shard_dim0(m, ["dt_bias", "A_log", "D"], tp_mesh))
     local_views(m, views)
     local_views(m.norm, shard_dim0(m.norm, ["weight"], tp_mesh))
