@@ -107,3 +107,30 @@ def test_optional_tokenizers_say_what_to_install():
     with pytest.raises(TokenizerError, match="byte, tiktoken:NAME or hf:PATH"):
         get_tokenizer("sentencepiece")
     assert prepare_main(["--input", "x", "--output", "/nonexistent-lw", "--tokenizer", "bogus", "--quiet"]) == 2
+
+
+class _FakeEncoding:
+    n_vocab, eot_token = 70_000, 69_999
+
+    def encode_ordinary(self, text):
+        return [60_000 + ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i - 60_000) for i in ids)
+
+
+def test_tiktoken_path_appends_end_token_and_writes_uint32(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    fake = types.SimpleNamespace(get_encoding=lambda name: _FakeEncoding())
+    monkeypatch.setitem(sys.modules, "tiktoken", fake)
+    tok = get_tokenizer("tiktoken:fake")
+    assert tok.encode_document("ab").tolist() == [60_097, 60_098, 69_999] and tok.vocab_size == 70_000
+    (tmp_path / "a.txt").write_text("hello")
+    assert prepare_main(["--input", str(tmp_path / "a.txt"), "--output", str(tmp_path / "out"),
+                         "--tokenizer", "tiktoken:fake", "--quiet"]) == 0
+    m = read_manifest(tmp_path / "out")
+    assert (m.tokenizer, m.vocab_size, m.eos, m.dtype) == ("tiktoken:fake", 70_000, 69_999, "uint32")
+    (doc,) = all_docs(tmp_path / "out")
+    assert tok.decode(doc[:-1]) == "hello" and doc[-1] == 69_999
