@@ -42,9 +42,9 @@ def packed_docs(batch: int, length: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def distattn_vs_reference(rank, world, hkv, with_docs, window):
+def distattn_vs_reference(rank, world, hkv, with_docs, window, t=24):
     torch.manual_seed(0)
-    b, t, h, d = 2, 24, 4, 8
+    b, h, d = 2, 4, 8
     q = torch.randn(b, t, h, d, dtype=torch.float64, requires_grad=True)
     k = torch.randn(b, t, hkv, d, dtype=torch.float64, requires_grad=True)
     v = torch.randn(b, t, hkv, d, dtype=torch.float64, requires_grad=True)
@@ -88,3 +88,11 @@ def test_distattn_window_skips_masked_blocks(pool4):
     out = pool4.run(distattn_vs_reference, 2, True, 5)
     assert max(err for err, _ in out) < 1e-10
     assert sum(skipped for _, (_, skipped) in out) > 0          # far blocks neither sent nor computed
+
+
+@pytest.mark.parametrize("world", [5, 8])
+def test_distattn_odd_and_large_p(pools, world):
+    out = pools.get(world).run(distattn_vs_reference, 2, True, None, 40)
+    for err, (rounds, _) in out:
+        assert err < 1e-10
+        assert rounds <= math.ceil(world / 2) + 1

@@ -21,6 +21,7 @@ DistAttn forward computations.
 from __future__ import annotations
 
 import math
+from collections import deque
 from contextlib import contextmanager
 
 import torch
@@ -32,12 +33,14 @@ from parallel.sequence.halo import HaloFunction
 from parallel.sequence.p2p import SPGroup
 from parallel.sequence.recurrent import sp_linear_scan, sp_ssd
 
+MAX_RECORDS = 4096
+
 
 class SequenceParallelHooks:
     def __init__(self, group=None):
         self.g = SPGroup(group)
         self.world, self.rank = self.g.world, self.g.rank
-        self.records: list[CallRecord] = []
+        self.records: deque[CallRecord] = deque(maxlen=MAX_RECORDS)   # bounded: training never resets
         self.distattn_forward_calls = 0
         self._doc_src = None
         self._doc_key = None
@@ -46,7 +49,7 @@ class SequenceParallelHooks:
 
     # ------------------------------------------------------------------ bookkeeping
     def reset_stats(self) -> None:
-        self.records = []
+        self.records = deque(maxlen=MAX_RECORDS)
         self.distattn_forward_calls = 0
 
     def chunks(self, doc_ids: torch.Tensor | None, n: int) -> ChunkLayout:

@@ -20,11 +20,12 @@ class Pending:
     """Outstanding P2P work; `wait()` completes it and returns {key: received tensor}."""
     works: list = field(default_factory=list)
     received: dict = field(default_factory=dict)
+    sending: list = field(default_factory=list)     # send buffers stay alive until completion
 
     def wait(self) -> dict:
         for w in self.works:
             w.wait()
-        self.works = []
+        self.works, self.sending = [], []
         return self.received
 
 
@@ -41,9 +42,10 @@ class SPGroup:
     def exchange(self, sends: list[tuple[int, torch.Tensor]],
                  recvs: list[tuple[int, object, torch.Tensor]]) -> Pending:
         """Post sends [(peer, tensor)] and receives [(peer, key, buffer)] together, asynchronously."""
-        ops = []
+        ops, sending = [], []
         for peer, tensor in sends:
             tensor = tensor.contiguous()
+            sending.append(tensor)
             self.bytes_sent += tensor.numel() * tensor.element_size()
             ops.append(dist.P2POp(dist.isend, tensor, self.global_ranks[peer], self.group))
         received = {}
@@ -51,8 +53,7 @@ class SPGroup:
             ops.append(dist.P2POp(dist.irecv, buf, self.global_ranks[peer], self.group))
             received[key] = buf
         works = dist.batch_isend_irecv(ops) if ops else []
-        # keep send tensors alive until completion (the works reference them on every backend)
-        return Pending(works=list(works), received=received)
+        return Pending(works=list(works), received=received, sending=sending)
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's tensor (same shape everywhere), in sp-rank order; no autograd."""
