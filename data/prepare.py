@@ -157,7 +157,9 @@ def prepare(args) -> Manifest:
         raise SystemExit(f"error: {out / MANIFEST} exists; pass --overwrite or choose another --output")
     if not args.synthetic and not args.input:
         raise SystemExit("error: give --input PATH... or --synthetic N")
-    tokenizer = get_tokenizer("byte" if args.synthetic else args.tokenizer)
+    tokenizer = get_tokenizer(args.tokenizer)
+    for stale in out.glob("shard-*.tar") if args.overwrite else ():   # an older, larger run's shards
+        stale.unlink()
     dtype = token_dtype(tokenizer.vocab_size)
     skipped = Skipped()
     writer = ShardWriter(out, dtype, args.shard_tokens)
