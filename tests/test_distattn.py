@@ -71,7 +71,7 @@ def distattn_vs_reference(rank, world, hkv, with_docs, window, t=24):
               float((kl.grad - k.grad[:, sl]).abs().max()),
               float((vl.grad - v.grad[:, sl]).abs().max()))
     rec = hooks.records[0] if hooks.records else None
-    return err, (rec.fwd_rounds, rec.skipped_blocks) if rec else None
+    return err, (rec.fwd_rounds, rec.skipped_blocks, rec.fwd_bytes, rec.bwd_bytes) if rec else None
 
 
 @pytest.mark.parametrize("hkv", [4, 2, 1])
@@ -79,7 +79,7 @@ def distattn_vs_reference(rank, world, hkv, with_docs, window, t=24):
 def test_distattn_matches_reference_p2_p3_p4(pool2, pool3, pool4, hkv, with_docs):
     for pool in (pool2, pool3, pool4):
         out = pool.run(distattn_vs_reference, hkv, with_docs, None)
-        for err, (rounds, _) in out:
+        for err, (rounds, *_) in out:
             assert err < 1e-10
             assert rounds <= math.ceil(pool.world / 2) + 1
 
@@ -87,12 +87,20 @@ def test_distattn_matches_reference_p2_p3_p4(pool2, pool3, pool4, hkv, with_docs
 def test_distattn_window_skips_masked_blocks(pool4):
     out = pool4.run(distattn_vs_reference, 2, True, 5)
     assert max(err for err, _ in out) < 1e-10
-    assert sum(skipped for _, (_, skipped) in out) > 0          # far blocks neither sent nor computed
+    assert sum(info[1] for _, info in out) > 0          # far blocks neither sent nor computed
 
 
 @pytest.mark.parametrize("world", [5, 8])
 def test_distattn_odd_and_large_p(pools, world):
     out = pools.get(world).run(distattn_vs_reference, 2, True, None, 40)
-    for err, (rounds, _) in out:
+    for err, (rounds, *_) in out:
         assert err < 1e-10
         assert rounds <= math.ceil(world / 2) + 1
+
+
+def test_distattn_bytes_are_unexpanded_kv(pool2):
+    """P = 2, one document: rank 0 sends its K/V chunk (Hkv heads, not H) forward and again
+    backward; rank 1 sends back dK/dV; nothing else travels."""
+    (_, (_, _, f0, b0, *_)), (_, (_, _, f1, b1, *_)) = pool2.run(distattn_vs_reference, 1, False, None)
+    kv_bytes = 2 * 2 * 12 * 1 * 8 * 8          # k and v, B=2, n=12, Hkv=1, D=8, float64
+    assert (f0, b0, f1, b1) == (kv_bytes, kv_bytes, 0, kv_bytes)
