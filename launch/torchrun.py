@@ -4,8 +4,9 @@ Why a supervisor instead of exec'ing torchrun:
 - torchrun starts every worker in a new session and, on SIGTERM, kills them after 30 s;
   on SIGUSR1 it simply dies (default action) and orphans them. Neither lets the workers
   finish their step and write a checkpoint. So torchrun is started with USR1 and TERM
-  ignored (and told to handle only SIGINT), and the supervisor forwards USR1/TERM to the
-  workers as SIGUSR1: they agree on a step, save, and exit with the requeue code.
+  ignored (and told to handle only SIGINT: `--signals-to-handle`), and the supervisor
+  forwards USR1/TERM to the workers as SIGUSR1: they agree on a step, save, and exit with
+  the requeue code. (SLURM's own SIGTERM may reach the workers directly as well: same effect.)
 - torchrun reports any worker failure as exit 1, so the requeue code (75) is lost; the
   trainer's rank 0 writes `<run>/exit.json` and the supervisor returns 75 from it. SLURM's
   srun then exits 75 and the batch wrapper (slurm/requeue.sh) requeues the job.
@@ -28,6 +29,8 @@ def torchrun_command(node: NodeEnv, nproc_per_node: int, train_args: list[str],
     """The torchrun command line for this node (single node: standalone; else c10d rendezvous)."""
     cmd = [python, "-m", "torch.distributed.run", f"--nnodes={node.nnodes}", f"--nproc-per-node={nproc_per_node}",
            "--max-restarts=0"]
+    if torchrun_has_signals_flag():   # else TORCHELASTIC_SIGNALS_TO_HANDLE (see supervise) does the same
+        cmd.append("--signals-to-handle=SIGINT")
     if node.nnodes == 1 and node.source == "local":
         cmd.append("--standalone")
     else:
@@ -35,6 +38,15 @@ def torchrun_command(node: NodeEnv, nproc_per_node: int, train_args: list[str],
                 f"--rdzv-id={node.rdzv_id}", f"--rdzv-conf=is_host={int(node.node_rank == 0)}",
                 f"--node-rank={node.node_rank}"]
     return [*cmd, "-m", "train", *train_args]
+
+
+def torchrun_has_signals_flag() -> bool:
+    """torch >= 2.8 sets TORCHELASTIC_SIGNALS_TO_HANDLE from `--signals-to-handle`, overriding the environment."""
+    import dataclasses
+
+    from torch.distributed.launcher.api import LaunchConfig
+
+    return any(f.name == "signals_to_handle" for f in dataclasses.fields(LaunchConfig))
 
 
 def child_pids(pid: int) -> list[int]:

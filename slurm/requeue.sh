@@ -47,6 +47,7 @@ if [ "$rc" -eq "$REQUEUE_EXIT_CODE" ]; then
   fi
   log "checkpoint saved; requeueing job $job (restart $((restarts + 1)))"
   scontrol requeue "$job" && exit 0
-  log "scontrol requeue failed; resubmit by hand: python -m launch resume <run dir>"
+  log "scontrol requeue failed: if the scheduler requeued the job itself (scontrol requeue, preemption) it is"
+  log "back in squeue; otherwise resubmit with: python -m launch resume <run dir>"
 fi
 exit "$rc"

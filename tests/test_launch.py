@@ -16,11 +16,13 @@ from launch.env import (
     merge_explicit,
     port_for_job,
 )
+from launch.torchrun import torchrun_has_signals_flag
 from train.config import ParallelConfig
 
 SLURM_STEP = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_NODEID": "1", "SLURM_NNODES": "3",
               "SLURM_STEP_NUM_NODES": "3", "SLURM_STEP_NODELIST": "gpu[07-09]", "SLURM_JOB_NODELIST": "gpu[07-09]",
               "SLURM_STEP_TASKS_PER_NODE": "1(x3)", "SLURM_GPUS_ON_NODE": "8", "SLURM_RESTART_COUNT": "2"}
+SIGNALS = ["--signals-to-handle=SIGINT"] if torchrun_has_signals_flag() else []
 TINY = ["--model.d_model=32", "--model.n_heads=2", "--model.n_kv_heads=1", "--model.pattern=(*-)x1",
         "--data.seq_len=32", "--data.batch_size=2", "--metrics.tensorboard=false"]
 
@@ -89,14 +91,14 @@ def test_local_dry_run_prints_exact_torchrun_command(capsys):
     rc, out, _ = run_cli(capsys, "local", "--dry-run", "--nproc-per-node", "2", "--train.steps=5")
     assert rc == 0
     assert out.strip() == shlex.join([sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-                                      "--nproc-per-node=2", "--max-restarts=0", "--standalone", "-m", "train",
+                                      "--nproc-per-node=2", "--max-restarts=0", *SIGNALS, "--standalone", "-m", "train",
                                       "--config", "configs/tiny.toml", "--train.steps=5"])
     rc, out, _ = run_cli(capsys, "local", "--dry-run", "--nproc-per-node", "4", "--nnodes", "2", "--node-rank",
                          "1", "--master-addr", "10.0.0.1", "--master-port", "29400", "--rdzv-id", "exp7",
                          "--resume", "auto")
     assert rc == 0
     assert out.strip() == shlex.join([sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
-                                      "--nproc-per-node=4", "--max-restarts=0", "--rdzv-backend=c10d",
+                                      "--nproc-per-node=4", "--max-restarts=0", *SIGNALS, "--rdzv-backend=c10d",
                                       "--rdzv-endpoint=10.0.0.1:29400", "--rdzv-id=exp7", "--rdzv-conf=is_host=0",
                                       "--node-rank=1", "-m", "train", "--config", "configs/tiny.toml",
                                       "--checkpoint.resume=auto"])
@@ -107,7 +109,8 @@ def test_local_dry_run_inside_slurm(capsys, monkeypatch):
         monkeypatch.setenv(k, v)
     rc, out, _ = run_cli(capsys, "local", "--dry-run", "--train.device=cpu")   # 8 GPUs on the node -> 8 procs
     assert rc == 0
-    assert f"--nnodes=3 --nproc-per-node=8 --max-restarts=0 --rdzv-backend=c10d --rdzv-endpoint=gpu07:" \
+    assert "--nnodes=3 --nproc-per-node=8 --max-restarts=0" in out
+    assert f"--rdzv-backend=c10d --rdzv-endpoint=gpu07:" \
            f"{port_for_job('4242')} --rdzv-id=slurm-4242-2 --rdzv-conf=is_host=0 --node-rank=1" in out
     rc, _, err = run_cli(capsys, "local", "--dry-run", "--nnodes", "2")
     assert rc == 2 and "contradicts the slurm environment" in err
