@@ -90,3 +90,31 @@ def test_dd_rows_hold_one_piece_of_one_document(shards):
 def test_dd_needs_bucket_lengths_dividing_tokens_per_step(shards):
     with pytest.raises(DataError, match="not a multiple of the bucket length"):
         ShardLoader(str(shards), 24, 1, packing="dd", dd_min_len=4, dd_max_len=16)
+
+
+def test_dd_resume_with_another_world_size_takes_each_piece_once_per_cycle(shards):
+    """4 ranks for a while, then 1 rank to the end of the cycle: no piece twice, only sub-batch tails left."""
+    def take(plan, state, steps):
+        """(bucket, piece) of every row of `steps` steps (None: to the end of cycle 0) and the state after."""
+        taken = []
+        while steps is None or steps > 0:
+            spec = plan.spec(state)
+            if spec[0] != 0:
+                break
+            cycle, k, start, rows = spec[:4]
+            taken += [(k, int(p)) for p in plan.order(cycle, k)[start:start + rows]]
+            state = plan.advance(state, spec)
+            steps = None if steps is None else steps - 1
+        return taken, state
+
+    kw = dict(seed=4, packing="dd", dd_min_len=4, dd_max_len=16)
+    four = ShardLoader(str(shards), 16, 1, 0, 4, **kw)
+    before, state = take(four.plan, four.plan.initial_state(), 15)
+    one = ShardLoader(str(shards), 16, 1, 0, 1, **kw)
+    one.load_state_dict(four.state_dict() | state)
+    after, _ = take(one.plan, one.state, None)
+    taken = before + after
+    assert len(taken) == len(set(taken))
+    for k, n in enumerate(one.plan.pieces):
+        left = n - sum(1 for b, _ in taken if b == k)
+        assert 0 <= left < one.plan.rows_global[k]
