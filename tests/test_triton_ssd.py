@@ -72,7 +72,10 @@ def test_dispatcher_forced_triton(monkeypatch):
     assert _rel(y, ssd_reference(*ins[:5], D=ins[5], initial_state=h0, doc_ids=doc)) < 1e-5
 
 
-def test_bad_chunk_size_is_a_clear_error():
-    ins, _, _, _, _ = _inputs(1, 8, 2, 1, 4, 4, False, False, seed=1)
-    with pytest.raises(ValueError, match="chunk_size"):
-        ssd_triton(*[t.float() for t in ins[:5]], chunk_size=24)
+def test_any_chunk_size_gives_the_same_result():
+    ins, h0, doc, _, _ = _inputs(1, 30, 2, 1, 8, 16, True, True, seed=4)
+    f32 = [t.float() for t in ins]
+    kw = dict(D=f32[5], initial_state=h0.float(), doc_ids=doc)
+    ref = ssd_reference(*ins[:5], D=ins[5], initial_state=h0, doc_ids=doc)
+    for chunk in (1, 24, 256):
+        assert _rel(ssd_triton(*f32[:5], chunk_size=chunk, **kw), ref) < 1e-5

@@ -28,11 +28,13 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _gpu_configs(kind: str, d: int):
+def _gpu_configs(kind: str, d: int, fp32: bool):
     """A few block shapes per kernel for Hopper/Ampere; autotuned on first call per shape class."""
     import triton
 
-    if kind == "fwd":
+    if fp32:  # fp32 tiles take twice the shared memory: small blocks only (fp32 is for checks, not speed)
+        shapes = [(64, 32, 4, 2), (32, 32, 4, 2)]
+    elif kind == "fwd":
         shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4)]
     elif kind == "dq":
         shapes = [(128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3)]
@@ -43,12 +45,12 @@ def _gpu_configs(kind: str, d: int):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
-_KERNELS: dict[str, object] = {}
+_KERNELS: dict[tuple, object] = {}
 
 
-def _kernel(kind: str, d: int):
+def _kernel(kind: str, d: int, fp32: bool = False):
     """The jit kernel, wrapped in triton.autotune on a real GPU (never in the interpreter)."""
-    key = f"{kind}{d if d > 128 else ''}"
+    key = (kind, d > 128, fp32)
     if key not in _KERNELS:
         from kernels.attention import triton_bwd_kernels as bk
         from kernels.attention import triton_kernels as fk
@@ -57,7 +59,10 @@ def _kernel(kind: str, d: int):
         if not _interpreted():
             import triton
 
-            base = triton.autotune(_gpu_configs(kind, d), key=["TQ", "TK", "HEAD_DIM", "CAUSAL", "HAS_WINDOW",
+            configs = _gpu_configs(kind, d, fp32)
+            if os.environ.get("LONGWEAVE_AUTOTUNE", "1") == "0":  # one compile per variant (tests, CI)
+                configs = configs[:1]
+            base = triton.autotune(configs, key=["TQ", "TK", "HEAD_DIM", "CAUSAL", "HAS_WINDOW",
                                                                  "HAS_DOC", "REP"])(base)
         _KERNELS[key] = base
     return _KERNELS[key]
@@ -85,7 +90,7 @@ def _fwd(q, k, v, q_doc, k_doc, causal, window, shift, scale):
     lse = empty_output((b, h, tq), dtype=torch.float32, device=q.device)
     qd = q_doc if q_doc is not None else lse
     kd = k_doc if k_doc is not None else lse
-    _kernel("fwd", d)[_grid(tq, "BLOCK_M", h, b)](
+    _kernel("fwd", d, q.dtype == torch.float32)[_grid(tq, "BLOCK_M", h, b)](
         q, k, v, o, lse, qd, kd, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         qd.stride(0), kd.stride(0), h, h // hkv, tq, tk, shift, window or 0, scale * LOG2E,
         HEAD_DIM=d, **_flags(q, causal, window, q_doc), **_blocks(),
@@ -106,12 +111,12 @@ def _bwd(do, q, k, v, o, lse, dlse, q_doc, k_doc, causal, window, shift, scale):
     qd = q_doc if q_doc is not None else lse
     kd = k_doc if k_doc is not None else lse
     flags = _flags(q, causal, window, q_doc)
-    _kernel("dq", d)[_grid(tq, "BLOCK_M", h, b)](
+    _kernel("dq", d, q.dtype == torch.float32)[_grid(tq, "BLOCK_M", h, b)](
         q, k, v, do, dq, lse, delta, qd, kd, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dq.stride()[:3], qd.stride(0), kd.stride(0), h, h // hkv, tq, tk, shift,
         window or 0, scale * LOG2E, scale, HEAD_DIM=d, **flags, **_blocks(),
     )
-    _kernel("dkdv", d)[_grid(tk, "BLOCK_N", hkv, b)](
+    _kernel("dkdv", d, q.dtype == torch.float32)[_grid(tk, "BLOCK_N", hkv, b)](
         q, k, v, do, dk, dv, lse, delta, qd, kd, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], qd.stride(0), kd.stride(0), h, hkv, h // hkv,
         tq, tk, shift, window or 0, scale * LOG2E, scale, HEAD_DIM=d, **flags, **_blocks(),

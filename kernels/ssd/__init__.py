@@ -17,12 +17,11 @@ __all__ = ["ssd", "ssd_reference", "ssd_chunked", "select_ssd_path"]
 
 def select_ssd_path(x: torch.Tensor, chunk_size: int = 64) -> str:
     """Name of the path `ssd` takes for x: 'reference', 'torch' or 'triton' (our fused chunk scan:
-    CUDA with Triton installed and a power-of-two chunk_size >= 16, or LONGWEAVE_KERNELS=triton)."""
+    CUDA with Triton installed, or LONGWEAVE_KERNELS=triton)."""
     mode = kernel_mode()
     if mode == "reference":
         return "reference"
-    pow2 = chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0
-    if mode == "triton" or (mode == "auto" and x.is_cuda and pow2 and has_module("triton")):
+    if mode == "triton" or (mode == "auto" and x.is_cuda and has_module("triton")):
         return "triton"
     return "torch"
 

@@ -23,6 +23,13 @@ from kernels.ssd import triton_fwd as fwd
 STATE_BLOCK = 256
 
 
+def kernel_chunk(chunk_size: int) -> int:
+    """The chunk length the kernels use: a power of two in [16, 64]. The result does not depend on
+    it (chunking only regroups the same sum); 64 keeps a chunk's [L, L] and [L, N] tiles within
+    Hopper's shared memory in the fused backward (128 needs 315 KB > 227 KB)."""
+    return max(16, min(64, 1 << (max(1, chunk_size).bit_length() - 1)))
+
+
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -102,14 +109,15 @@ def ssd_triton(
     return_final_state: bool = False,
     chunk_size: int = 64,
 ):
-    """y [b,t,h,p] in x.dtype (and the final state [b,h,p,n] fp32); float64 runs in fp32."""
+    """y [b,t,h,p] in x.dtype (and the final state [b,h,p,n] fp32); float64 runs in fp32.
+    chunk_size is a hint: the kernels use kernel_chunk(chunk_size) (same result, see there)."""
     b, t, h, p = x.shape
     if h % B.shape[2]:
         raise ValueError(f"ssd: heads {h} must be a multiple of groups {B.shape[2]}")
     if x.device.type == "cpu" and not _interpreted():
         raise RuntimeError("the Triton SSD on CPU needs TRITON_INTERPRET=1 (or run on a CUDA device)")
-    if chunk_size < 16 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"Triton SSD needs chunk_size a power of two >= 16, got {chunk_size}")
+    if chunk_size < 1:
+        raise ValueError(f"ssd: chunk_size must be positive, got {chunk_size}")
     in_dtype = x.dtype
     if in_dtype == torch.float64:
         x, dt, A, B, C = x.float(), dt.float(), A.float(), B.float(), C.float()
@@ -123,7 +131,8 @@ def ssd_triton(
                else torch.zeros(b, t, dtype=torch.int64, device=x.device)).to(torch.int32).contiguous()
         h0 = initial_state.contiguous() if initial_state is not None else None
         y, final = _TritonSSD.apply(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(),
-                                    C.contiguous(), D.contiguous() if D is not None else None, h0, seg, chunk_size)
+                                    C.contiguous(), D.contiguous() if D is not None else None, h0, seg,
+                                    kernel_chunk(chunk_size))
     if in_dtype == torch.float64:
         y, final = y.double(), final.double()
     return (y, final) if return_final_state else y

@@ -3,9 +3,9 @@
   chunk_denter_kernel:  dL/d(state entering chunk c) from that chunk's outputs, (e ∘ dy)ᵀ C
   state_pass_bwd_kernel: reverse of the state passing: gradient of each chunk's added state,
                          of the initial state, and per-block partials of d(keep_c)
-  chunk_bwd_kernel:     one program per (chunk, batch·group): for each head of the group
+  chunk_bwd_kernel:     one program per (chunk, batch·group, head split): for each of its heads
                         recomputes C Bᵀ and the decays, then dx, ddt, dB, dC (summed over the
-                        group's heads in registers, so GQA-style groups need no atomics) and the
+                        heads in registers, then over head splits in torch: no atomics) and the
                         gradient of the log-decay prefix S, turned into d(dt·A) by a reverse cumsum.
 """
 from __future__ import annotations
@@ -66,14 +66,16 @@ def state_pass_bwd_kernel(DED, ENTER, KEEP, DFINAL, DCS, DKEEP_PART, DH0, NC, H,
 
 @triton.jit
 def chunk_bwd_kernel(X, DT, A, B, C, D, SEG, ENTER, DCS, KEEP, DKEEP, DY,
-                     DX, DDT, DB, DC, DA_PART, DD_PART, T, H, G, P, N, HAS_D: tl.constexpr,
+                     DX, DDT, DB, DC, DA_PART, DD_PART, T, H, G, P, N, HS, split_stride, HAS_D: tl.constexpr,
                      L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, LOWP: tl.constexpr):
     c = tl.program_id(0)
-    bg = tl.program_id(1)
+    split = tl.program_id(1) % HS                 # heads of a group are split over HS programs
+    bg = tl.program_id(1) // HS
     b = (bg // G).to(tl.int64)
     g = bg % G
     nc = tl.num_programs(0)
     rep = H // G
+    per = rep // HS
     rows = tl.arange(0, L)
     tok = c * L + rows
     valid = tok < T
@@ -87,7 +89,7 @@ def chunk_bwd_kernel(X, DT, A, B, C, D, SEG, ENTER, DCS, KEEP, DKEEP, DY,
     cb = _mm(cm, tl.trans(bm), LOWP, X.dtype.element_ty)                                              # [L, L]
     db = tl.zeros([L, BN], dtype=tl.float32)
     dc = tl.zeros([L, BN], dtype=tl.float32)
-    for r in range(0, rep):
+    for r in range(split * per, split * per + per):
         h = g * rep + r
         rows, tok, valid, dt, a_h, s, seg, seg_last, seg_prev = _chunk_decays(DT, A, SEG, b, c, h, T, H, L)
         xy_off = ((b * T + tok[:, None]) * H + h) * P + pp[None, :]
@@ -123,9 +125,18 @@ def chunk_bwd_kernel(X, DT, A, B, C, D, SEG, ENTER, DCS, KEEP, DKEEP, DY,
         tl.store(DX + xy_off, dx.to(DX.dtype.element_ty), mask=pmask)
         tl.store(DDT + (b * T + tok) * H + h, ddt, mask=valid)
         tl.store(DA_PART + (b * nc + c) * H + h, tl.sum(da * dt, 0))
-    bc_off = ((b * T + tok[:, None]) * G + g) * N + nn[None, :]
+    bc_off = split.to(tl.int64) * split_stride + ((b * T + tok[:, None]) * G + g) * N + nn[None, :]
     tl.store(DB + bc_off, db, mask=nmask)
     tl.store(DC + bc_off, dc, mask=nmask)
+
+
+def head_splits(rep: int, programs: int, target: int = 512) -> int:
+    """How many programs share one (chunk, group)'s heads: enough programs to fill the GPU at
+    short T (few chunks), 1 at long T (no partial dB/dC sums to add up)."""
+    hs = 1
+    while hs < rep and rep % (2 * hs) == 0 and programs * hs < target:
+        hs *= 2
+    return hs
 
 
 def ssd_backward(dy, dfinal, x, dt, A, B, C, D, h0, seg, enter, keep, L, *, lowp: bool, warps: dict):
@@ -150,13 +161,15 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, D, h0, seg, enter, keep, L, *, lowp
     dkeep = dkeep_part.sum(-1).contiguous()
     dx = empty_output(x.shape, dtype=x.dtype, device=dev)
     ddt = empty_output((b, t, h), dtype=torch.float32, device=dev)
-    db = empty_output((b, t, g, n), dtype=torch.float32, device=dev)
-    dc = empty_output((b, t, g, n), dtype=torch.float32, device=dev)
+    hs = head_splits(h // g, nc * b * g)
+    db = empty_output((hs, b, t, g, n), dtype=torch.float32, device=dev)
+    dc = empty_output((hs, b, t, g, n), dtype=torch.float32, device=dev)
     da_part = empty_output((b, nc, h), dtype=torch.float32, device=dev)
     dd_part = empty_output((b, nc, h), dtype=torch.float32, device=dev)
-    chunk_bwd_kernel[(nc, b * g)](
+    chunk_bwd_kernel[(nc, b * g * hs)](
         x, dt, A, B, C, D if D is not None else A, seg, enter, dcs, keep, dkeep, dy,
-        dx, ddt, db, dc, da_part, dd_part, t, h, g, p, n, HAS_D=D is not None, **common)
+        dx, ddt, db, dc, da_part, dd_part, t, h, g, p, n, hs, b * t * g * n, HAS_D=D is not None, **common)
+    db, dc = db.sum(0), dc.sum(0)
     dD = dd_part.sum((0, 1)).to(D.dtype) if D is not None else None
     return (dx, ddt.to(dt.dtype), da_part.sum((0, 1)).to(A.dtype), db.to(B.dtype), dc.to(C.dtype), dD,
             dh0.to(h0.dtype) if h0 is not None else None)
