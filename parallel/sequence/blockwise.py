@@ -73,21 +73,29 @@ def block_backward(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset:
         qf = _heads_split(q[:, start:stop].to(acc), hkv)                # [B,Hkv,rep,r,D]
         dof = _heads_split(do[:, start:stop].to(acc), hkv)
         rows = stop - start
+        # keys this tile can see at all (causal upper bound, window lower bound): skip the rest
+        j_hi = max(0, min(kf.shape[3], q_offset + stop - k_offset))
+        j_lo = 0 if window is None else max(0, min(j_hi, q_offset + start - window + 1 - k_offset))
+        if j_hi == j_lo:
+            dq_tiles.append(torch.zeros(q.shape[0], rows, q.shape[2], q.shape[3], dtype=acc, device=q.device))
+            continue
+        kt, vt = kf[:, :, :, j_lo:j_hi], vf[:, :, :, j_lo:j_hi]
         lse_t = lse[:, :, start:stop].to(acc).reshape(lse.shape[0], hkv, -1, rows, 1)
         delta_t = delta[:, :, start:stop].to(acc).reshape(delta.shape[0], hkv, -1, rows, 1)
-        s = torch.matmul(qf, kf.transpose(-1, -2)) * scale             # [B,Hkv,rep,r,m]
-        mask = visible_mask(rows, kf.shape[3], causal=True, window=window,
-                            q_doc_ids=None if q_docs is None else q_docs[:, start:stop], k_doc_ids=k_docs,
-                            q_offset=q_offset + start, k_offset=k_offset, device=q.device)
+        s = torch.matmul(qf, kt.transpose(-1, -2)) * scale             # [B,Hkv,rep,r,keys]
+        mask = visible_mask(rows, j_hi - j_lo, causal=True, window=window,
+                            q_doc_ids=None if q_docs is None else q_docs[:, start:stop],
+                            k_doc_ids=None if k_docs is None else k_docs[:, j_lo:j_hi],
+                            q_offset=q_offset + start, k_offset=k_offset + j_lo, device=q.device)
         if mask is not None:
             s = s.masked_fill(~mask.unsqueeze(2), -math.inf)
         safe_lse = torch.where(torch.isinf(lse_t), torch.full_like(lse_t, math.inf), lse_t)
         p = torch.exp(s - safe_lse)                                      # masked or key-less rows -> 0
-        dv += torch.matmul(p.transpose(-1, -2), dof).sum(2)
-        dp = torch.matmul(dof, vf.transpose(-1, -2))
+        dv[:, :, j_lo:j_hi] += torch.matmul(p.transpose(-1, -2), dof).sum(2)
+        dp = torch.matmul(dof, vt.transpose(-1, -2))
         ds = p * (dp - delta_t)
-        dq_tiles.append(_heads_merge(torch.matmul(ds, kf) * scale))
-        dk += torch.matmul(ds.transpose(-1, -2), qf).sum(2) * scale
+        dq_tiles.append(_heads_merge(torch.matmul(ds, kt) * scale))
+        dk[:, :, j_lo:j_hi] += torch.matmul(ds.transpose(-1, -2), qf).sum(2) * scale
     dq = torch.cat(dq_tiles, dim=1) if dq_tiles else torch.zeros_like(q, dtype=acc)
     return dq, dk.permute(0, 2, 1, 3), dv.permute(0, 2, 1, 3)
 
