@@ -88,11 +88,13 @@ def ssd_chunked(
     prev_seg = torch.cat([segc[:, :1, 0], segc[:, :-1, -1]], dim=1)  # [b,c]: segment of the carried state
     chunk_decay = torch.exp(a_cum[..., -1])                          # [b,h,c]
     carry_ok = (last_seg[..., 0] == prev_seg).to(acc)                # [b,c]
+    # unbind once: indexing chunk c inside the loop would make autograd scatter each slice's
+    # gradient into a full-size zero tensor, O(chunks²) work in the backward pass
+    keeps = (chunk_decay * carry_ok[:, None]).unbind(dim=2)         # per chunk [b,h]
     entering = []
-    for c in range(nc):
+    for keep, added in zip(keeps, chunk_states.unbind(dim=1)):
         entering.append(state)
-        keep = chunk_decay[:, :, c] * carry_ok[:, c, None]
-        state = keep[..., None, None] * state + chunk_states[:, c]
+        state = keep[..., None, None] * state + added
     entering = torch.stack(entering, dim=1)                          # [b,c,h,p,n]
 
     # 4. carried state -> outputs
