@@ -128,17 +128,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results/state_collapse")
     p.add_argument("--runs", default="runs/state_collapse", help="training run directories (not committed)")
     p.add_argument("--reuse", action="store_true", help="reuse finished training runs in --runs")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="only merge results.json files of earlier runs (e.g. one per arch) into one table + plots")
     args = p.parse_args(argv)
-    args.multiples = [int(m) for m in args.multiples.split(",")]
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        merged = {"args": parts[0]["args"], "rows": [r for part in parts for r in part["rows"]],
+                  "wall_seconds": {part["args"]["archs"]: part["wall_seconds"] for part in parts},
+                  "device_name": parts[0].get("device_name", "")}
+        (out / "results.json").write_text(json.dumps(merged, indent=1))
+        report(merged, out)
+        return 0
+    args.multiples = [int(m) for m in args.multiples.split(",")]
+    torch.set_num_threads(args.threads)
     from data.tokenizer import ByteTokenizer
 
     tok = ByteTokenizer()
     t_all = time.perf_counter()
-    results: dict = {"args": {k: v for k, v in vars(args).items()}, "rows": []}
-    curves: dict[str, dict] = {}
+    results: dict = {"args": {k: v for k, v in vars(args).items()}, "rows": [],
+                     "device_name": torch.cuda.get_device_name() if args.device == "cuda"
+                     else f"CPU, {args.threads} torch threads"}
     for arch in args.archs.split(","):
         base, cfg, secs = train_model(arch, "base", args, Path(args.runs))
         passing, _, secs_p = train_model(arch, "passing", args, Path(args.runs))
@@ -151,40 +162,48 @@ def main(argv: list[str] | None = None) -> int:
             (f"window w={T}", base, CollapseSettings(window=T)),
             ("state passing (train)", passing, CollapseSettings()),
         ]
-        curves[arch] = {}
         for name, model, settings in variants:
             r = evaluate_variant(model, cfg, settings, args, tok)
             r.update(arch=arch, variant=name, train_seconds=secs if model is base else secs_p)
             results["rows"].append(r)
-            curves[arch][name] = (r["curve"]["positions"], r["curve"]["loss"])
+            results["wall_seconds"] = time.perf_counter() - t_all     # written after every row: a run cut
+            (out / "results.json").write_text(json.dumps(results, indent=1))   # short keeps what it measured
             print(f"  {arch:7s} {name:24s} " + " ".join(f"{k} {v:.3f}" for k, v in r["ranges"].items())
                   + f" | passkey {r['passkey']} | norm growth {r['state_norm_growth']:.2f}", flush=True)
-            if name in ("none", "state passing (train)"):
-                tag = "base" if name == "none" else "passing"
-                passkey_heatmap(r["passkey_grid"], [m * T for m in args.multiples], r["passkey_depths"], T,
-                                out / f"passkey_{arch}_{tag}.png", title=f"{arch} ({tag})")
-        loss_by_position_plot(curves[arch], T, out / f"loss_by_position_{arch}.png",
-                              title=f"{arch}: loss by position (trained at T={T}, {args.steps} steps)")
     results["wall_seconds"] = time.perf_counter() - t_all
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    print_table(results, args)
+    report(results, out)
     return 0
 
 
-def print_table(results: dict, args) -> None:
+def report(results: dict, out: Path) -> None:
+    """Print the table and draw the plots from a results dict (fresh, or merged from several runs)."""
+    a = results["args"]
+    T, steps = a["seq_len"], a["steps"]
+    multiples = [int(m) for m in str(a["multiples"]).strip("[]").split(",")]
     rows = results["rows"]
     ranges = list(rows[0]["ranges"])
-    head = ["arch", "variant", *[f"loss {r}" for r in ranges], *[f"passkey {m}T" for m in args.multiples],
-            "norm 16T/T"]
+    head = ["arch", "variant", *[f"loss {r}" for r in ranges], *[f"passkey {m}T" for m in multiples],
+            f"state norm {multiples[-1]}T/T"]
     print("\n| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        pk = [f"{r['passkey'][str(m * (args.seq_len))]:.2f}" for m in args.multiples]
+        pk = [f"{r['passkey'][str(m * T)]:.2f}" for m in multiples]
         cells = [r["arch"], r["variant"], *[f"{r['ranges'].get(k, float('nan')):.3f}" for k in ranges], *pk,
                  f"{r['state_norm_growth']:.2f}"]
         print("| " + " | ".join(cells) + " |")
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} torch threads"
-    print(f"\nwall time {results['wall_seconds']:.0f} s (training + evaluation) on {where}")
+    archs = list(dict.fromkeys(r["arch"] for r in rows))
+    for arch in archs:
+        mine = [r for r in rows if r["arch"] == arch]
+        loss_by_position_plot({r["variant"]: (r["curve"]["positions"], r["curve"]["loss"]) for r in mine}, T,
+                              out / f"loss_by_position_{arch}.png",
+                              title=f"{arch}: loss by position (trained at T={T}, {steps} steps)")
+        for r in mine:
+            if r["variant"] in ("none", "state passing (train)"):
+                tag = "base" if r["variant"] == "none" else "passing"
+                passkey_heatmap(r["passkey_grid"], [m * T for m in multiples], r["passkey_depths"], T,
+                                out / f"passkey_{arch}_{tag}.png", title=f"{arch} ({tag})")
+    print(f"\nwall time {results['wall_seconds']} s (training + evaluation) on {results.get('device_name', '?')}")
 
 
 if __name__ == "__main__":
