@@ -88,6 +88,12 @@ def submit_slurm(cfg: Config, spec, dry_run: bool, origin: dict) -> int:
     check_layout(cfg.parallel, spec.nodes, nproc)
     if cfg.train.device == "cuda" and not spec.gpus_per_node:
         raise LaunchError("train.device=cuda but --gpus-per-node is 0; ask for GPUs or set train.device=cpu")
+    if cfg.train.time_limit == 0:
+        # A second line of defence behind `--signal=B:USR1@lead`: the trainer itself stops when the
+        # measured step + save time no longer fits (a minute is left for start-up before train()).
+        from launch.sbatch import slurm_minutes
+
+        cfg.train.time_limit = max(1.0, slurm_minutes(spec.time) - 1.0)
     run_dir = Path(cfg.train.run_dir).absolute()
     config_path = rundir.launch_dir(run_dir) / "config.toml"
     script = render(spec, config_path, run_dir)

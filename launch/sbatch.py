@@ -61,6 +61,21 @@ class SlurmSpec:
                 raise LaunchError(f"--sbatch-arg {flag!r} must be one sbatch flag such as --exclusive")
 
 
+def slurm_minutes(value: str) -> float:
+    """SLURM's --time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in minutes."""
+    if not TIME_FORMAT.match(value):
+        raise LaunchError(f"--time {value!r} is not a SLURM time; write e.g. 04:00:00 or 1-12:00:00")
+    days, _, rest = value.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        h, m, sec = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, sec = parts
+    else:
+        h, m, sec = 0, parts[0], (parts + [0])[1]
+    return (int(days or 0) * 24 + h) * 60 + m + sec / 60
+
+
 def render(spec: SlurmSpec, config_path: str | Path, run_dir: str | Path,
            python: str = sys.executable, workdir: str | Path | None = None) -> str:
     """The sbatch script text for `spec`, running `python -m launch local` on the resolved config."""

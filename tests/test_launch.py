@@ -153,7 +153,8 @@ def test_slurm_submit_status_and_resume(capsys, monkeypatch, tmp_path):
     assert f"--config {run / 'launch' / 'config.toml'} --resume auto" in scripts[0].read_text()
     from train.config import load_config
 
-    assert load_config(run / "launch" / "config.toml").train.steps == 7     # the resolved config, validated
+    resolved = load_config(run / "launch" / "config.toml")                 # the resolved config, validated
+    assert resolved.train.steps == 7 and resolved.train.time_limit == 29.0  # --time 00:30:00 less a minute
     rc, out, _ = run_cli(capsys, "status", str(run), "--json")
     info = json.loads(out)
     assert info["checkpoints"] == [] and info["last_launch"]["job_id"] == "777" and info["total_steps"] == 7

@@ -76,6 +76,15 @@ def test_cli_dry_run_is_valid_bash(tmp_path, capsys):
     assert "--nodes=4" in directives(out) and "--partition=batch" in directives(out)
 
 
+def test_slurm_minutes():
+    from launch.sbatch import slurm_minutes
+
+    assert slurm_minutes("30") == 30 and slurm_minutes("30:30") == 30.5 and slurm_minutes("02:10:00") == 130
+    assert slurm_minutes("1-00") == 1440 and slurm_minutes("1-02:30") == 1590 and slurm_minutes("2-00:00:30") == 2880.5
+    with pytest.raises(LaunchError, match="not a SLURM time"):
+        slurm_minutes("1h")
+
+
 def test_spec_errors():
     with pytest.raises(LaunchError, match="drop --nproc-per-node"):
         SlurmSpec(gpus_per_node=8, nproc_per_node=4).check()
