@@ -61,12 +61,13 @@ class ShardLoader:
             if warmup is not None:
                 raise DataError("data.curriculum (sequence-length warmup) and data.packing='dd' do not combine; "
                                  "Dataset Decomposition is its own length curriculum (data.dd_order)")
-            self.corpus = ShardCorpus(path, skip_corrupt, cache_shards=16)
+            self.corpus = ShardCorpus(path, skip_corrupt)
             max_len = dd_max_len or seq_len
             dec = decompose(np.concatenate(self.corpus.lengths), dd_min_len, max_len, seed)
+            self.corpus.cache_shards = len(dec.bucket_lens) + 2   # buckets walk the shards at their own pace
             self.plan = DDPlan(self.corpus, dec, seed, batch_size, seq_len, dp_size, dd_order)
         elif packing == "concat":
-            self.corpus = ShardCorpus(path, skip_corrupt, cache_shards=4)
+            self.corpus = ShardCorpus(path, skip_corrupt, cache_shards=2)   # the stream moves shard by shard
             length_at = warmup.length if warmup is not None else (lambda t: seq_len)
             self.plan = ConcatPlan(ConcatStream(self.corpus, seed), batch_size, dp_size, length_at)
         else:
