@@ -131,10 +131,15 @@ def make_tasks(args, skipped: Skipped) -> Iterator[tuple]:
 
 
 class Progress:
-    """One status line on stderr: documents, tokens, docs/s, tokens/s (redrawn at most 4×/s)."""
+    """One status line on stderr: documents, tokens, docs/s, tokens/s.
+
+    Redrawn in place at most 4×/s on a terminal; a new line every 10 s when stderr is a log file.
+    """
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.every = 0.25 if self.tty else 10.0
         self.t0 = self.last = time.perf_counter()
         self.docs = self.tokens = 0
 
@@ -142,12 +147,13 @@ class Progress:
         self.docs += docs
         self.tokens += tokens
         now = time.perf_counter()
-        if not self.enabled or (not final and now - self.last < 0.25):
+        if not self.enabled or (not final and now - self.last < self.every):
             return
         self.last = now
         dt = max(now - self.t0, 1e-9)
-        end = "\n" if final or not sys.stderr.isatty() else ""
-        print(f"\r{self.docs:,} docs  {self.tokens:,} tokens  {shards} shards  |  {self.docs / dt:,.0f} docs/s  "
+        end = "\n" if final or not self.tty else ""
+        start = "\r" if self.tty else ""
+        print(f"{start}{self.docs:,} docs  {self.tokens:,} tokens  {shards} shards  |  {self.docs / dt:,.0f} docs/s  "
               f"{self.tokens / dt:,.0f} tokens/s", end=end, file=sys.stderr, flush=True)
 
 
