@@ -163,6 +163,7 @@ def train(cfg: Config, log=print) -> TrainResult:
                 "perf/mfu": (tps * flops_by_len.get(seq_len, flops_tok) / peak) if peak else None,
                 "perf/max_memory_gb": max_memory_gb(device),
                 "data/seq_len": seq_len, "data/batch_size": batch_rows,
+                "data/skipped_corrupt": getattr(loader, "skipped_documents", None),   # data.skip_corrupt
             })
             if cfg.metrics.state_norms:  # recurrent (M, R) final-state norms: the state-collapse watch
                 norms = getattr(getattr(model, "module", model), "last_state_norms", None) or {}
