@@ -41,6 +41,7 @@ def test_resume_on_shards_is_bitwise_with_warmup_and_other_workers(shards, tmp_p
     assert len(full.losses) == 6 and full.exit_code == 0
     assert scalars(tmp_path / "a", "data/seq_len") == [8, 16, 24, 32, 32, 32]      # L(t) of fixed_linear
     assert scalars(tmp_path / "a", "data/batch_size") == [2] * 6
+    assert scalars(tmp_path / "a", "data/skipped_corrupt") == [0] * 6
     # resume from the step-3 checkpoint of the same run, now with two loader workers
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step-0000003", tmp_path / "b" / "checkpoints" / "step-0000003")
