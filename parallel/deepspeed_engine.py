@@ -57,12 +57,16 @@ class EngineOptimizer:
         pass
 
 
-def ds_config(cfg) -> dict:
+def ds_config(cfg, n_params: int) -> dict:
+    # DeepSpeed's default buckets hold 5e8 elements (2 GB fp32 each); a bucket never needs to
+    # exceed the model, and allocating that much per step dominates small and CPU runs
+    bucket = int(min(5e8, max(1e5, n_params)))
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.train.grad_accum,
         "gradient_clipping": cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else 0.0,
-        "zero_optimization": {"stage": cfg.parallel.zero_stage},
+        "zero_optimization": {"stage": cfg.parallel.zero_stage, "reduce_bucket_size": bucket,
+                              "allgather_bucket_size": bucket},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -74,7 +78,7 @@ def wrap_deepspeed(model: nn.Module, optimizer, pstate, cfg):
 
     if cfg.parallel.zero_stage not in (1, 2, 3):
         raise LayoutError(f"parallel.zero_stage={cfg.parallel.zero_stage} must be 1, 2 or 3")
-    engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg),
+    engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg, sum(p.numel() for p in model.parameters())),
                                                      dist_init_required=False)
     return engine, EngineOptimizer(engine)
 
