@@ -104,3 +104,36 @@ def test_distattn_bytes_are_unexpanded_kv(pool2):
     (_, (_, _, f0, b0, *_)), (_, (_, _, f1, b1, *_)) = pool2.run(distattn_vs_reference, 1, False, None)
     kv_bytes = 2 * 2 * 12 * 1 * 8 * 8          # k and v, B=2, n=12, Hkv=1, D=8, float64
     assert (f0, b0, f1, b1) == (kv_bytes, kv_bytes, 0, kv_bytes)
+
+
+def overlap_order(rank, world):
+    """Event log of one DistAttn forward: 'post' = P2P exchange posted, 'compute' = a block."""
+    import parallel.sequence.distattn as da
+    from parallel.sequence.p2p import SPGroup
+
+    events = []
+    real_block, real_exchange = da.block_forward, SPGroup.exchange
+
+    def block(*a, **k):
+        events.append("compute")
+        return real_block(*a, **k)
+
+    def exchange(self, sends, recvs):
+        events.append("post")
+        return real_exchange(self, sends, recvs)
+
+    da.block_forward, SPGroup.exchange = block, exchange
+    try:
+        torch.manual_seed(0)
+        q, k, v = torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 4)
+        SequenceParallelHooks().attention(q, k, v, causal=True, window=None, doc_ids=None)
+    finally:
+        da.block_forward, SPGroup.exchange = real_block, real_exchange
+    return events
+
+
+def test_next_round_transfer_is_posted_before_this_round_compute(pool4):
+    for events in pool4.run(overlap_order):
+        # round 1's transfer is in flight during the diagonal block, round 2's during round 1
+        assert events[:2] == ["post", "compute"]
+        assert events[2] == "post" and events[3] == "compute"
