@@ -98,3 +98,6 @@ def validate_layout(dims: ParallelDims, model_cfg, pcfg=None, batch_size: int | 
             if mb < 1 or batch_size % mb:
                 raise LayoutError(f"data.batch_size={batch_size} is not divisible by parallel.pp_microbatches={mb}; "
                                   "make the batch a multiple of the micro-batch count")
+            if pcfg.pp_schedule != "gpipe" and mb < dims.pp:
+                raise LayoutError(f"parallel.pp_schedule={pcfg.pp_schedule!r} needs parallel.pp_microbatches >= "
+                                  f"parallel.pp={dims.pp} (got {mb}); raise the micro-batch count")
