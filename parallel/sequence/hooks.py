@@ -57,6 +57,7 @@ class SequenceParallelHooks:
         key = None if doc_ids is None else (doc_ids._version, tuple(doc_ids.shape))
         if self._chunks is not None and self._doc_src is doc_ids and self._doc_key == key and self._chunks.n == n:
             return self._chunks
+        self.g.warmup()
         docs = None if doc_ids is None else self.g.all_gather(doc_ids.to(torch.int64))
         self._chunks = ChunkLayout(self.world, self.rank, n, docs)
         self._doc_src, self._doc_key = doc_ids, key       # the reference keeps id() unique while cached

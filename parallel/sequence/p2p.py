@@ -6,6 +6,8 @@ receives of a round progress together); it returns a handle whose `wait()` yield
 received buffers. Peers are sp-group ranks; they are translated to global ranks here so the
 same code works inside a dp × sp mesh. Every rank posts its exchanges in the same logical
 order (round by round), which is what keeps the message streams between each pair matched.
+On GPU the NCCL transfers run on NCCL's own stream: posting waits for the producing kernels,
+`wait()` makes the compute stream wait, and the compute issued in between overlaps them.
 """
 from __future__ import annotations
 
@@ -38,6 +40,14 @@ class SPGroup:
         self.rank = dist.get_rank(self.group)
         self.global_ranks = dist.get_process_group_ranks(self.group)
         self.bytes_sent = 0   # running total; the hooks attribute it to layers
+        self.warm = False
+
+    def warmup(self) -> None:
+        """One collective on the whole group before any P2P (NCCL creates the communicator on
+        first use and requires every rank in that first call; a rank may have no P2P work)."""
+        if not self.warm:
+            dist.barrier(group=self.group)
+            self.warm = True
 
     def exchange(self, sends: list[tuple[int, torch.Tensor]],
                  recvs: list[tuple[int, object, torch.Tensor]]) -> Pending:
