@@ -80,20 +80,32 @@ def supervise(cmd: list[str], run_dir: str | Path, clear_exit_record: bool = Tru
     started = time.time()
     proc = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_preemption_signals)
 
-    def forward(signum, frame) -> None:
-        workers = child_pids(proc.pid)
-        log(f"launch: {signal.Signals(signum).name} received; asking {len(workers)} worker(s) to save a "
-            "checkpoint and stop", flush=True)
-        for pid in workers:
+    requested: list[int] = []
+
+    def signal_workers() -> None:
+        for pid in child_pids(proc.pid):
             try:
                 os.kill(pid, signal.SIGUSR1)
             except ProcessLookupError:
                 pass
 
+    def forward(signum, frame) -> None:
+        if not requested:
+            log(f"launch: {signal.Signals(signum).name} received; asking {len(child_pids(proc.pid))} worker(s) "
+                "to save a checkpoint and stop", flush=True)
+        requested.append(signum)
+        signal_workers()
+
     previous = {s: signal.signal(s, forward) for s in (signal.SIGUSR1, signal.SIGTERM)}
     previous[signal.SIGINT] = signal.signal(signal.SIGINT, lambda s, f: None)   # torchrun handles Ctrl-C
     try:
-        rc = proc.wait()
+        while True:
+            try:
+                rc = proc.wait(timeout=2.0)   # (a handler run inside a blocking wait would not end it)
+                break
+            except subprocess.TimeoutExpired:
+                if requested:   # workers still starting ignore USR1 until the trainer's handler is in: repeat
+                    signal_workers()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -2,7 +2,11 @@
 command of `launch local --dry-run`, validation before submission, status/resume records."""
 import json
 import shlex
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +187,50 @@ def test_status_and_resume_of_a_local_run(capsys, tmp_path):
                                             "--train.steps=6", "--checkpoint.resume=auto"]))
     rc, _, err = run_cli(capsys, "status", str(tmp_path / "nothing"))
     assert rc == 1
+
+
+FAKE_WORKER = """
+import json, os, signal, sys, time
+run_dir, rank = sys.argv[1], int(sys.argv[2])
+assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN     # inherited from torchrun: ignored until ready
+time.sleep(1.0)                                               # 'importing torch': a signal now is lost
+got = []
+signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+t0 = time.time()
+while not got and time.time() - t0 < 30:
+    time.sleep(0.05)
+if got and rank == 0:
+    with open(os.path.join(run_dir, "exit.json"), "w") as fh:
+        json.dump({"exit_code": 75, "step": 1, "reason": "SIGUSR1"}, fh)
+sys.exit(75 if got else 3)
+"""
+FAKE_TORCHRUN = """
+import signal, subprocess, sys
+assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+kids = [subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], str(r)]) for r in range(2)]
+sys.exit(1 if any(k.wait() for k in kids) else 0)   # like torchrun: any worker failure is exit 1
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_supervisor_forwards_early_signals_and_restores_the_requeue_code(tmp_path, signum):
+    """A signal that arrives while the workers still ignore it is repeated until they take it; the
+    launcher turns torchrun's exit 1 back into 75 from exit.json (torch-free stand-ins, fast)."""
+    code = ("import sys; from launch.torchrun import supervise; "
+            f"sys.exit(supervise([sys.executable, '-c', {FAKE_TORCHRUN!r}, {FAKE_WORKER!r}, {str(tmp_path)!r}], "
+            f"{str(tmp_path)!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(0.5)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 75, out
+    assert f"{signal.Signals(signum).name} received" in out and "exit 75 (requeue)" in out
+
+
+def test_supervisor_passes_real_failures_through(tmp_path):
+    from launch.torchrun import supervise
+
+    (tmp_path / "exit.json").write_text(json.dumps({"exit_code": 75, "step": 1}))    # stale: cleared at start
+    assert supervise([sys.executable, "-c", "import sys; sys.exit(1)"], tmp_path, log=lambda *a, **k: None) == 1
+    assert supervise([sys.executable, "-c", "pass"], tmp_path, log=lambda *a, **k: None) == 0
