@@ -102,10 +102,16 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _blocks(d: int) -> tuple[int, int, dict]:
+def _blocks(b: int, d: int) -> tuple[int, int, dict]:
+    """(BLOCK_T, BLOCK_D, launch options). Programs = b · d / BLOCK_D walk time sequentially, so
+    BLOCK_D shrinks until there are a few programs per SM (one per SM measured 25-37% of copy
+    bandwidth on an H100 at b=4..8, d=2560); 64 tokens per tile keep enough bytes in flight."""
     if _interpreted():
         return 8, 16, {}
-    return 32, min(128, triton.next_power_of_2(d)), {"num_warps": 4}
+    bd = min(128, triton.next_power_of_2(d))
+    while bd > 16 and b * triton.cdiv(d, bd) < 4 * 132:
+        bd //= 2
+    return 64, bd, {"num_warps": 4}
 
 
 class _TritonScan(torch.autograd.Function):
@@ -114,7 +120,7 @@ class _TritonScan(torch.autograd.Function):
         bsz, t, d = x.shape
         h = empty_output((bsz, t, d), dtype=x.dtype, device=x.device)
         final = empty_output((bsz, d), dtype=torch.float32, device=x.device)
-        bt, bd, opts = _blocks(d)
+        bt, bd, opts = _blocks(bsz, d)
         scan_fwd_kernel[(bsz, triton.cdiv(d, bd))](
             a, x, h, h0 if h0 is not None else final, doc if doc is not None else final, final, t, d,
             HAS_H0=h0 is not None, HAS_DOC=doc is not None, BLOCK_T=bt, BLOCK_D=bd, **opts)
@@ -129,7 +135,7 @@ class _TritonScan(torch.autograd.Function):
         da = empty_output((bsz, t, d), dtype=a.dtype, device=a.device)
         dx = empty_output((bsz, t, d), dtype=h.dtype, device=h.device)
         dh0 = empty_output((bsz, d), dtype=torch.float32, device=h.device) if h0 is not None else None
-        bt, bd, opts = _blocks(d)
+        bt, bd, opts = _blocks(bsz, d)
         dummy = da
         scan_bwd_kernel[(bsz, triton.cdiv(d, bd))](
             a, h, h0 if h0 is not None else dummy, doc if doc is not None else dummy, dh,

@@ -53,14 +53,21 @@ def state_pass_bwd_kernel(DED, ENTER, KEEP, DFINAL, DCS, DKEEP_PART, DH0, NC, H,
     grad = tl.zeros([BLOCK], dtype=tl.float32)            # dL/d(state after chunk c)
     if HAS_DFINAL:
         grad = tl.load(DFINAL + bh.to(tl.int64) * PN + idx, mask=m, other=0.0).to(tl.float32)
+    off = ((b * NC + NC - 1) * H + h) * PN + idx
+    ent = tl.load(ENTER + off, mask=m, other=0.0)
+    ded = tl.load(DED + off, mask=m, other=0.0)
+    keep = tl.load(KEEP + (b * NC + NC - 1) * H + h)
     for i in range(0, NC):
         c = NC - 1 - i
-        off = ((b * NC + c) * H + h) * PN + idx
+        # prefetch chunk c-1 before the dependent update (latency-bound loop)
+        prv = ((b * NC + c - 1) * H + h) * PN + idx
+        ent_p = tl.load(ENTER + prv, mask=m & (c > 0), other=0.0)
+        ded_p = tl.load(DED + prv, mask=m & (c > 0), other=0.0)
+        keep_p = tl.load(KEEP + (b * NC + c - 1) * H + h, mask=c > 0, other=0.0)
         tl.store(DCS + off, grad, mask=m)
-        ent = tl.load(ENTER + off, mask=m, other=0.0)
         tl.store(DKEEP_PART + ((b * NC + c) * H + h) * nblk + blk, tl.sum(grad * ent, 0))
-        keep = tl.load(KEEP + (b * NC + c) * H + h)
-        grad = tl.load(DED + off, mask=m, other=0.0) + keep * grad
+        grad = ded + keep * grad
+        off, ent, ded, keep = prv, ent_p, ded_p, keep_p
     tl.store(DH0 + bh.to(tl.int64) * PN + idx, grad, mask=m)
 
 

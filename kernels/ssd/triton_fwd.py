@@ -74,11 +74,17 @@ def state_pass_kernel(CS, KEEP, H0, ENTER, FINAL, NC, H, PN, HAS_H0: tl.constexp
     state = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_H0:
         state = tl.load(H0 + bh.to(tl.int64) * PN + idx, mask=m, other=0.0).to(tl.float32)
+    off = (b * NC * H + h) * PN + idx
+    cs = tl.load(CS + off, mask=m, other=0.0)
+    keep = tl.load(KEEP + b * NC * H + h)
     for c in range(0, NC):
-        off = ((b * NC + c) * H + h) * PN + idx
+        # prefetch chunk c+1 before the dependent update: the loop is latency-bound otherwise
+        nxt = ((b * NC + c + 1) * H + h) * PN + idx
+        cs_next = tl.load(CS + nxt, mask=m & (c + 1 < NC), other=0.0)
+        keep_next = tl.load(KEEP + (b * NC + c + 1) * H + h, mask=c + 1 < NC, other=0.0)
         tl.store(ENTER + off, state, mask=m)
-        keep = tl.load(KEEP + (b * NC + c) * H + h)
-        state = keep * state + tl.load(CS + off, mask=m, other=0.0)
+        state = keep * state + cs
+        off, cs, keep = nxt, cs_next, keep_next
     tl.store(FINAL + bh.to(tl.int64) * PN + idx, state, mask=m)
 
 
