@@ -1,5 +1,5 @@
 """End-to-end sequence-parallel training: 20 steps of a hybrid model (M, *, R, W) with
-sp = 2, and dp = 2 × sp = 2 on 4 ranks (with rematerialization-aware checkpointing), give the
+sp = 2, dp = 2 × sp = 2 (with rematerialization-aware checkpointing) and sp = 2 × tp = 2 give the
 sp = 1 losses within 1e-5; a bad SP layout is a one-line error."""
 from __future__ import annotations
 
@@ -42,3 +42,13 @@ def test_sp_layout_errors_are_one_line():
         dp, tp, pp, sp = -1, 1, 1, 3
     with pytest.raises(LayoutError, match="sp=3 needs 3 processes"):
         ParallelDims.from_config(P, 4)
+
+
+def test_sp2_with_tp2_matches_single_process(pool4, tmp_path):
+    """Sequence parallel inside tensor parallel: each tp rank runs DistAttn / state passing on
+    its own heads (attention heads, Mamba-2 heads, Griffin width) over its sp group."""
+    steps = ["--data.batch_size=4", "--train.steps=6"]
+    single = train(load_config("configs/tiny.toml", [*ARGS, f"--train.run_dir={tmp_path / 's'}", *steps]),
+                   log=silent).losses
+    sp_tp = pool4.run(_sp_run, str(tmp_path / "sptp"), ["--parallel.sp=2", "--parallel.tp=2", *steps])
+    torch.testing.assert_close(torch.tensor(sp_tp[0]), torch.tensor(single), rtol=1e-5, atol=0)
