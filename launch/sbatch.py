@@ -102,6 +102,7 @@ def render(spec: SlurmSpec, config_path: str | Path, run_dir: str | Path,
         "omp_threads": max(1, cpus // nproc), "max_requeues": spec.max_requeues, "exports": exports,
         "cpus_per_task": cpus, "nproc_per_node": nproc,
         "config": shlex.quote(str(Path(config_path).absolute())),
+        "run_dir": shlex.quote(str(Path(run_dir).absolute())),
     }
     text = TEMPLATE.read_text()
     for key, value in values.items():

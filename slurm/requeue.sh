@@ -7,7 +7,8 @@
 #   The trainer's ranks agree on a step boundary, save a checkpoint and exit 75.
 # - Step exit 75 (checkpoint saved, work left): `scontrol requeue` puts the job back in the
 #   queue; its next start resumes with --resume auto. LONGWEAVE_MAX_REQUEUES caps the loop.
-# - Any other code is the job's exit code.
+# - Any other code is the job's exit code, unless $LONGWEAVE_RUN_DIR/exit.json, written by the trainer
+#   during this run, says it stopped with 75 (see below).
 set -u
 REQUEUE_EXIT_CODE=75
 max_requeues=${LONGWEAVE_MAX_REQUEUES:-20}
@@ -15,6 +16,7 @@ restarts=${SLURM_RESTART_COUNT:-0}
 job=${SLURM_JOB_ID:-}
 log() { echo "[requeue.sh $(date -u +%H:%M:%S)] $*"; }
 
+started=$(date +%s)
 log "job ${job:-?} start ${restarts} on $(hostname): $*"
 "$@" &
 step=$!
@@ -36,6 +38,15 @@ while :; do
   break
 done
 log "training step exited with $rc"
+# On several nodes srun --kill-on-bad-exit may kill the slower nodes' launchers (exit 143) once the
+# first one has exited 75, so the step's code is not reliable: the trainer's own record decides.
+record="${LONGWEAVE_RUN_DIR:-}/exit.json"
+if [ "$rc" -ne "$REQUEUE_EXIT_CODE" ] && [ -n "${LONGWEAVE_RUN_DIR:-}" ] && [ -f "$record" ] \
+   && [ "$(stat -c %Y "$record")" -ge "$((started - 5))" ] \
+   && grep -q "\"exit_code\": $REQUEUE_EXIT_CODE" "$record"; then
+  log "the trainer saved a checkpoint and asked to be requeued ($record); treating the step as exit 75"
+  rc=$REQUEUE_EXIT_CODE
+fi
 if [ "$rc" -eq "$REQUEUE_EXIT_CODE" ]; then
   if [ -z "$job" ]; then
     log "not inside a SLURM job; nothing to requeue"

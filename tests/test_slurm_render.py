@@ -58,6 +58,7 @@ def test_rendered_sbatch(tmp_path, spec, expected, nproc, absent):
     assert (f"/opt/py/bin/python -m launch local {nproc} --config {tmp_path / 'run' / 'launch' / 'config.toml'}"
             " --resume auto") in text
     assert f"export LONGWEAVE_MAX_REQUEUES={spec.max_requeues}" in text
+    assert f"export LONGWEAVE_RUN_DIR={tmp_path / 'run'}" in text
     for key, value in spec.exports.items():
         assert f"export {key}={value}" in text
     # every #SBATCH line comes before the first command, or sbatch ignores it
@@ -104,9 +105,9 @@ STEP = """trap 'echo step got USR1; sleep 0.2; exit 75' USR1
 echo step started; for i in $(seq 30); do sleep 0.05; done; exit {code}"""
 
 
-def run_wrapper(tmp_path, code=0, signal_after=None, env=None):
+def run_wrapper(tmp_path, code=0, signal_after=None, env=None, step=None):
     env = {**os.environ, "PATH": f"{fake_bin(tmp_path)}:{os.environ['PATH']}", **(env or {})}
-    proc = subprocess.Popen(["bash", str(REQUEUE), "bash", "-c", STEP.format(code=code)], env=env,
+    proc = subprocess.Popen(["bash", str(REQUEUE), "bash", "-c", step or STEP.format(code=code)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if signal_after is not None:
         time.sleep(signal_after)
@@ -129,3 +130,19 @@ def test_requeue_wrapper_passes_other_codes_and_caps_requeues(tmp_path):
     rc, out, calls = run_wrapper(tmp_path, code=75, env={"SLURM_JOB_ID": "55", "SLURM_RESTART_COUNT": "2",
                                                           "LONGWEAVE_MAX_REQUEUES": "2"})
     assert rc == 75 and calls == "" and "not requeueing again" in out
+
+
+def test_requeue_wrapper_trusts_a_fresh_exit_record_over_a_killed_step(tmp_path):
+    """Two nodes: srun kills the slower launcher (143) after the first exited 75; exit.json decides."""
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {"SLURM_JOB_ID": "56", "LONGWEAVE_RUN_DIR": str(run)}
+    (run / "exit.json").write_text('{"exit_code": 75, "step": 9}')
+    old = time.time() - 3600
+    os.utime(run / "exit.json", (old, old))                 # a previous run's record: not trusted
+    rc, out, calls = run_wrapper(tmp_path, code=143, env=env)
+    assert rc == 143 and calls == ""
+    (tmp_path / "bin").rename(tmp_path / "bin0")
+    step = f"""echo '{{"exit_code": 75, "step": 9}}' > {run}/exit.json; exit 143"""
+    rc, out, calls = run_wrapper(tmp_path, env=env, step=step)
+    assert "treating the step as exit 75" in out and calls.split() == ["requeue", "56"] and rc == 0
