@@ -31,6 +31,7 @@ STACKS = {
     "W": dict(pattern="(W-)x2", window=256),
     "M": dict(pattern="(M-)x2", d_state=64, ssm_headdim=32, ssm_chunk_size=64),
     "R": dict(pattern="(R-)x2"),
+    "-": dict(pattern="--"),   # control: MLPs only, no mixer; its ratio is the machine's own T effect
 }
 
 
@@ -70,7 +71,7 @@ def measure(built: dict, lengths: list[int], device: torch.device, rounds: int, 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
-    p.add_argument("--stacks", nargs="+", default=list(STACKS))
+    p.add_argument("--stacks", nargs="+", default=list(STACKS))  # "-" = MLP-only control
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-time", type=float, default=2.0, help="seconds of timed steps per pair per round")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
