@@ -75,3 +75,9 @@ def test_sp2_to_sp1(pool2, tmp_path):
 def test_fsdp_dp2_to_ddp_tp2(pool2, tmp_path):
     ckpt = save_under(pool2, tmp_path, 2, engine="fsdp")
     check(resume_under(pool2, tmp_path, ckpt, 4, tp=2), 4)
+
+
+def test_pp2_to_pp2_same_layout(pool2, tmp_path):
+    # a pipeline stage's optimizer groups hold only its own parameters (flattened per name)
+    ckpt = save_under(pool2, tmp_path, 4, pp=2)
+    check(resume_under(pool2, tmp_path, ckpt, 4, pp=2, pp_schedule="gpipe"), 4)

@@ -36,6 +36,10 @@ from parallel.distributed import barrier, is_dist
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
+# optimizer hyper-parameters stored per parameter name ("param_groups.<fqn>.lr"), not as one
+# list of groups: a pipeline stage's groups hold only its own parameters, and the per-name
+# form is what lets a checkpoint move between pp layouts (torchtitan does the same)
+OPTIM_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def warn(msg: str) -> None:
@@ -106,7 +110,7 @@ class Checkpointer:
         if is_deepspeed(model):
             save_deepspeed(model, tmp)         # ZeRO-partitioned optimizer + full weights via DCP
         else:
-            model_sd, optim_sd = get_state_dict(model, optimizer)
+            model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIM_FLAT)
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
         torch.save({"rng": rng_state()}, tmp / f"rank-{self.rank:05d}.pt")
         barrier()
@@ -134,10 +138,11 @@ class Checkpointer:
         if is_deepspeed(model):
             load_deepspeed(model, path)
         else:
-            model_sd, optim_sd = get_state_dict(model, optimizer)
+            model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIM_FLAT)
             state = {"model": model_sd, "optim": optim_sd}
             dcp.load(state, checkpoint_id=str(path))
-            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                           options=OPTIM_FLAT)
         rank_file = path / f"rank-{self.rank:05d}.pt"
         if rank_file.is_file():
             set_rng_state(torch.load(rank_file, weights_only=False)["rng"])
