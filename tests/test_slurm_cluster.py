@@ -1,6 +1,6 @@
 """A real SLURM job (skipped when no SLURM cluster can be reached or started).
 
-`python -m launch slurm` submits a 2-process CPU job; `scancel --signal=USR1` makes it save and
+`python -m launch slurm` submits a 2-process CPU job (on two SLURM nodes when the cluster has two); `scancel --signal=USR1` makes it save and
 exit 75, the wrapper requeues it, and it resumes; then `scontrol requeue` (SIGTERM to the whole
 job) does the same once more; the job finishes every step after two automatic resumes.
 The cluster comes from `bash slurm/local-cluster.sh` (.ci/run starts one when it can).
@@ -29,9 +29,13 @@ STEPS = 300
 pytestmark = pytest.mark.slow
 
 
+def idle_nodes() -> int:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    return sum(s.strip("*~#") == "idle" for s in out.stdout.split()) if out.returncode == 0 else 0
+
+
 def cluster_up() -> bool:
-    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
-    return out.returncode == 0 and any(s.strip("*~#") in ("idle", "mix") for s in out.stdout.split())
+    return idle_nodes() > 0
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +50,11 @@ def slurm():
             pytest.skip("no idle SLURM node (start one with `bash slurm/local-cluster.sh`)")
     except subprocess.TimeoutExpired:
         pytest.skip("SLURM does not answer")
+    # two nodes when the cluster has them (slurm/local-cluster.sh starts lw1, lw2 on this host:
+    # their names do not resolve, hence MASTER_ADDR); else one node with two processes
+    if idle_nodes() >= 2:
+        return ["--nodes", "2", "--nproc-per-node", "1", "--export", "MASTER_ADDR=127.0.0.1"]
+    return ["--nodes", "1", "--nproc-per-node", "2"]
 
 
 def job_field(job: str, name: str) -> str:
@@ -77,7 +86,7 @@ def test_job_is_requeued_twice_and_finishes_after_auto_resume(slurm, tmp_path):
     tiny = ["--model.d_model=32", "--model.n_heads=2", "--model.n_kv_heads=1", "--model.pattern=(*-)x1",
             "--data.seq_len=64", "--data.batch_size=2", "--metrics.tensorboard=false", "--train.log_every=50",
             f"--train.steps={STEPS}", "--checkpoint.every=100", f"--train.run_dir={run}"]
-    out = subprocess.run([sys.executable, "-m", "launch", "slurm", "--nproc-per-node", "2", "--time", "00:15:00",
+    out = subprocess.run([sys.executable, "-m", "launch", "slurm", *slurm, "--time", "00:15:00",
                           "--job-name", "lw-test", *tiny], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     job = re.search(r"submitted job (\d+)", out.stdout).group(1)
@@ -102,6 +111,9 @@ def test_job_is_requeued_twice_and_finishes_after_auto_resume(slurm, tmp_path):
         if job_field(job, "JobState") not in ("COMPLETED", "FAILED", "CANCELLED", ""):
             subprocess.run(["scancel", job], timeout=20)
     text = log.read_text()
+    nodes = int(slurm[1])
+    for node in range(nodes):                             # one launcher per SLURM node, c10d across them
+        assert f"launch: slurm node {node}/{nodes}" in text
     for stop in (first["step"], second["step"]):
         assert f"resumed from {run / 'checkpoints' / f'step-{stop:07d}'}" in text
     assert text.count("checkpoint saved; requeueing job") >= 1
