@@ -16,7 +16,7 @@ from data.batch import IGNORE_INDEX
 class _VocabParallelCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, vocab_start, group):
-        logits = logits.float()
+        logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
         local_v = logits.shape[-1]
         row_max = logits.max(dim=-1).values
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
