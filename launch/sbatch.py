@@ -101,6 +101,8 @@ def render(spec: SlurmSpec, config_path: str | Path, run_dir: str | Path,
         "repo": shlex.quote(str(REPO)), "python": shlex.quote(python),
         "omp_threads": max(1, cpus // nproc), "max_requeues": spec.max_requeues, "exports": exports,
         "cpus_per_task": cpus, "nproc_per_node": nproc,
+        # the step asks for the GPUs itself: since SLURM 22.05 srun no longer inherits some job options
+        "srun_gpus": f" --gpus-per-node={spec.gpus_per_node}" if spec.gpus_per_node else "",
         "config": shlex.quote(str(Path(config_path).absolute())),
         "run_dir": shlex.quote(str(Path(run_dir).absolute())),
     }

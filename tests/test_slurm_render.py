@@ -54,7 +54,9 @@ def test_rendered_sbatch(tmp_path, spec, expected, nproc, absent):
     assert f"--output={tmp_path / 'run' / 'logs'}/%x-%j.out" in lines
     assert "{{" not in text
     assert f"bash {REPO}/slurm/requeue.sh" in text
-    assert f"srun --ntasks-per-node=1 --cpus-per-task={spec.cpus_per_task or (8 * spec.gpus_per_node or 2)}" in text
+    gpus = f" --gpus-per-node={spec.gpus_per_node}" if spec.gpus_per_node else ""
+    cpus = spec.cpus_per_task or (8 * spec.gpus_per_node or 2)
+    assert f"srun --ntasks-per-node=1 --cpus-per-task={cpus}{gpus} --kill-on-bad-exit=1" in text
     assert (f"/opt/py/bin/python -m launch local {nproc} --config {tmp_path / 'run' / 'launch' / 'config.toml'}"
             " --resume auto") in text
     assert f"export LONGWEAVE_MAX_REQUEUES={spec.max_requeues}" in text
