@@ -187,9 +187,11 @@ def train(cfg: Config, log=print) -> TrainResult:
     tb.flush()
     tb.close()
     step_log.close()
-    barrier()
-    if is_main:   # torchrun hides worker exit codes; the launcher reads this instead
+    # torchrun hides worker exit codes, so the launcher reads exit.json; written before the
+    # barrier so that it exists by the time any rank exits
+    if is_main:
         write_exit_record(run_dir, result.exit_code, step, stop.reason)
+    barrier()
     result.final_step = step
     return result
 
