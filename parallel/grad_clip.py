@@ -24,7 +24,7 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float, pp_group=None,
                    skip: set[int] | None = None) -> torch.Tensor:
     """Clip gradients in place to global norm `max_norm` (inf: only measure); returns the norm."""
     skip = skip or set()
-    buckets: dict[tuple, torch.Tensor] = {}
+    buckets: dict[tuple, list[torch.Tensor]] = {}
     grads = []
     for p in params:
         g = p.grad
@@ -35,10 +35,11 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float, pp_group=None,
         if id(p) in skip:
             continue
         key = _sharded_groups(g) if isinstance(g, DTensor) else ()
-        sq = local.detach().double().pow(2).sum().cpu()
-        buckets[key] = buckets.get(key, torch.zeros((), dtype=torch.float64)) + sq
+        buckets.setdefault(key, []).append(local.detach())
     total = torch.zeros((), dtype=torch.float64)
-    for groups, sq in sorted(buckets.items(), key=lambda kv: len(kv[0])):
+    for groups, tensors in sorted(buckets.items(), key=lambda kv: len(kv[0])):
+        # one device sync per bucket, not per parameter
+        sq = torch.stack([n.double() for n in torch._foreach_norm(tensors)]).pow(2).sum()
         for group in groups:
             sq = sq.to(_device_for(group))
             dist.all_reduce(sq, group=group)

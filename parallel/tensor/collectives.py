@@ -50,16 +50,6 @@ def reduce_from_tp(x: torch.Tensor, group) -> torch.Tensor:
     return _ReduceFromTP.apply(x, group)
 
 
-def all_reduce_grad_hook(group):
-    """A parameter hook that sums the parameter's gradient over `group` (replicated weights
-    whose uses are split over ranks, e.g. GQA key/value heads replicated when kv_heads < tp)."""
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=group)
-        return grad
-    return hook
-
-
 class _AllReduceSum(torch.autograd.Function):
     """Sum over the group in both directions: each rank's value feeds every rank's result,
     and every rank uses the result differently (e.g. a norm over channels split across ranks)."""
