@@ -85,16 +85,33 @@ def _with_groups(cfg):
 
 
 TRAIN_LAYOUTS = {
-    2: {"tp2": dict(tp=2), "pp2-1f1b": dict(pp=2), "fsdp-dp2": dict(engine="fsdp")},
-    4: {"dp2-tp2": dict(dp=2, tp=2), "tp2-pp2": dict(tp=2, pp=2)},
+    2: {"tp2": dict(tp=2), "pp2-1f1b": dict(pp=2), "pp2-interleaved": dict(pp=2, pp_schedule="interleaved_1f1b"),
+        "fsdp-dp2": dict(engine="fsdp")},
+    4: {"dp2-tp2": dict(dp=2, tp=2), "tp2-pp2": dict(tp=2, pp=2), "sp2-tp2": dict(sp=2, tp=2)},
 }
 
 
 @pytest.mark.parametrize("world,layout", [(w, n) for w, ls in TRAIN_LAYOUTS.items() for n in ls])
 def test_twenty_steps_match_single_process(pools, world, layout):
     par = TRAIN_LAYOUTS[world][layout]
+    if par.get("sp", 1) > 1 and not sp_available():
+        pytest.skip("sequence parallelism (issue 6) is not in this checkout yet")
     pattern = ARCHS["hybrid"]
     ref = train_losses(0, 1, reference_config(pattern, world_dp(world, par)))
     got = pools.get(world).run(train_losses, tiny_config(pattern, **par))[0]
     assert len(got) == 20
     torch.testing.assert_close(torch.tensor(got), torch.tensor(ref), atol=1e-5, rtol=0)
+
+
+def _remat(cfg):
+    cfg.train.activation_checkpointing = True
+    return cfg
+
+
+def test_activation_checkpointing_under_tp_and_pp(pool4):
+    """Recomputation reruns the tp views/hooks and the stage's micro-batch lookup correctly."""
+    ref_loss, ref_grads = reference("M-*-R-", 1)
+    cfg = _remat(tiny_config("M-*-R-", tp=2, pp=2))
+    loss, grads = pool4.run(one_step_grads, cfg)[0]
+    assert abs(loss - ref_loss) < 1e-5
+    assert_grads_close(grads, ref_grads)
