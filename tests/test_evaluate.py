@@ -131,4 +131,25 @@ def test_cli_on_tiny_checkpoint_and_periodic_eval(tmp_path):
     assert lp["length"] == 256 and len(lp["loss"]) > 10 and all(x > 0 for x in lp["loss"])
     for png in ("passkey.png", "loss_by_position.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "tb").is_dir() and list((out / "tb").iterdir())
     assert main(["--checkpoint", str(tmp_path / "missing")]) == 2
+
+
+def test_shard_set_is_used_for_loss_and_passkey(tmp_path):
+    """data.source=shards: loss-by-position rows come from the shards, prompts use their tokenizer."""
+    from data.prepare import write_synthetic_shards
+    from train.config import load_config
+    from train.evaluate import eval_rows, eval_tokenizer, loss_by_position
+
+    write_synthetic_shards(tmp_path / "shards", documents=40, seed=3, min_chars=300, max_chars=900)
+    cfg = load_config(None, ["--data.source=shards", f"--data.path={tmp_path / 'shards'}", "--data.seq_len=64"])
+    tok = eval_tokenizer(cfg.data)
+    assert tok.name == "byte"
+    rows = eval_rows(cfg.data, 256, 2, seed=0)
+    assert rows.tokens.shape == (2, 256)
+    torch.manual_seed(0)
+    import models
+
+    model = models.build(models.ModelConfig(pattern="*-", d_model=32, n_heads=2))
+    curve = loss_by_position(model, cfg.data, 256, 2)
+    assert curve["tokens"] > 400 and len(curve["loss"]) > 10

@@ -49,8 +49,8 @@ def eval_tokenizer(data_cfg):
         from data.manifest import read_manifest
         from data.tokenizer import get_tokenizer
 
-        return get_tokenizer(read_manifest(data_cfg.path)["tokenizer"])
-    except (ImportError, KeyError) as e:
+        return get_tokenizer(read_manifest(data_cfg.path).tokenizer)
+    except (ImportError, AttributeError) as e:
         raise RuntimeError(f"cannot find the tokenizer of shard set {data_cfg.path!r} ({e})") from None
 
 
@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="", help="output directory (default <checkpoint>/eval)")
     p.add_argument("--no-generate", action="store_true", help="decode with full forward passes, not generate")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write <out>/tb")
     args, overrides = p.parse_known_args(sys.argv[1:] if argv is None else argv)
 
     from train.config import ConfigError, load_config
@@ -237,12 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else ckpt / "eval"
     step = int(json.loads((ckpt / "train_state.json").read_text()).get("step", 0))
     t0 = time.perf_counter()
+    from train.metrics import TensorBoardLogger
+
+    tb = TensorBoardLogger(out, enabled=not args.no_tensorboard)     # <out>/tb
     summary = evaluate_model(model, cfg, out, lengths=lengths, depths=args.depths, trials=args.trials,
                              loss_length=loss_length, loss_rows=args.loss_docs, device=device, seed=args.seed,
-                             step=step, use_generate=not args.no_generate)
+                             step=step, use_generate=not args.no_generate, tb=tb)
+    tb.close()
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     print(json.dumps(summary, indent=1))
-    print(f"wrote {out}/passkey.json, passkey.png, loss_by_position.json, loss_by_position.png")
+    print(f"wrote {out}/passkey.json, passkey.png, loss_by_position.json, loss_by_position.png, tb/")
     return 0
 
 

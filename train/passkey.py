@@ -18,7 +18,7 @@ from data.synthetic import passkey_prompt
 
 @dataclass
 class PasskeyCase:
-    length: int          # target prompt length in tokens (incl. BOS)
+    length: int          # target prompt length in tokens (incl. BOS for tokenizers that have one)
     depth: float         # needle depth, 0 = start of the filler, 1 = end
     trial: int
     prompt_ids: list[int]
@@ -39,7 +39,7 @@ def build_case(tokenizer, length: int, depth: float, seed: int, trial: int = 0) 
     best: tuple[int, list[int], str] | None = None
     for _ in range(8):   # filler comes in whole sentences: step n_chars toward the token target
         text, key = passkey_prompt(max(1, n_chars), depth, case_seed)
-        ids = [tokenizer.BOS, *tokenizer.encode(text).tolist()]
+        ids = tokenizer.encode_document(text)[:-1].tolist()   # as in training (BOS if any), minus the end token
         if best is None or abs(len(ids) - length) < abs(len(best[1]) - length):
             best = (n_chars, ids, key)
         if abs(len(ids) - length) <= 4:
