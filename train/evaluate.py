@@ -175,6 +175,11 @@ def periodic_eval(model, cfg, step: int, tb, is_main: bool, device) -> dict | No
     every = cfg.eval.every
     if every <= 0 or step % every:
         return None
+    if cfg.parallel.tp > 1 or cfg.parallel.pp > 1:
+        if is_main and step == every:
+            print("warning: eval.every is skipped under parallel.tp/pp > 1 (sharded weights); run "
+                  "python -m train.evaluate on the checkpoint instead", file=sys.stderr)
+        return None
     module = getattr(model, "module", model)
     e = cfg.eval
     loss_len = e.loss_length or e.loss_multiple * cfg.data.seq_len
