@@ -115,3 +115,30 @@ def test_activation_checkpointing_under_tp_and_pp(pool4):
     loss, grads = pool4.run(one_step_grads, cfg)[0]
     assert abs(loss - ref_loss) < 1e-5
     assert_grads_close(grads, ref_grads)
+
+
+def _accum(cfg):
+    cfg.train.grad_accum = 2
+    return cfg
+
+
+@pytest.mark.parametrize("par", [dict(pp=2), dict(tp=2), dict(engine="fsdp")], ids=["pp2", "tp2", "fsdp-dp2"])
+def test_gradient_accumulation(pool2, par):
+    dp = world_dp(2, par)
+    ref_loss, ref_grads = one_step_grads(0, 1, _accum(reference_config("M-*-R-", dp)))
+    loss, grads = pool2.run(one_step_grads, _accum(tiny_config("M-*-R-", **par)))[0]
+    assert abs(loss - ref_loss) < 1e-5
+    assert_grads_close(grads, ref_grads)
+
+
+def _curriculum(cfg):
+    cfg.data.curriculum, cfg.data.curriculum_min_len, cfg.data.curriculum_steps = "fixed_linear", 16, 4
+    cfg.data.curriculum_len_step = 8
+    return cfg
+
+
+def test_pipeline_follows_a_sequence_length_curriculum(pool2):
+    """Row length grows 16 → 32 over the first steps; the pipeline rebuilds its stages' shapes."""
+    ref = train_losses(0, 1, _curriculum(reference_config("M-*-R-", 1, steps=6)))
+    got = pool2.run(train_losses, _curriculum(tiny_config("M-*-R-", steps=6, pp=2)))[0]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(ref), atol=1e-5, rtol=0)

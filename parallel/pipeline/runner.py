@@ -70,6 +70,7 @@ class PipelineRunner:
         self.stage_ids, self.n_chunks, self.ranges = mine, n_chunks, ranges
         self.tie = tie_group(pstate) if self.model.tied else None
         self.schedule = None
+        self.shape: tuple[int, ...] | None = None    # micro-batch shape the stages were built for
 
     def build_schedule(self) -> None:
         """After TP / activation checkpointing / data parallel have been applied to self.model."""
@@ -119,6 +120,12 @@ class PipelineRunner:
         first = self.pstate.pp_rank == 0
         total = torch.zeros((), dtype=torch.float64)
         for b in batches:
+            if tuple(b.tokens.shape) != self.shape:
+                # stages infer send/receive shapes on their first step; a curriculum changes the
+                # row length (or count), so build fresh stages for the new shape (same on every rank)
+                if self.shape is not None:
+                    self.build_schedule()
+                self.shape = tuple(b.tokens.shape)
             self.ce_sums = []
             pos = torch.tensor_split(b.positions, self.n_micro, 0)
             docs = torch.tensor_split(b.doc_ids, self.n_micro, 0)
