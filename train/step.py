@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from data.batch import IGNORE_INDEX, Batch
+from parallel.deepspeed_engine import is_deepspeed
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, pstate) -> torch.Tensor:
@@ -39,7 +40,7 @@ def forward_backward(model, batches: list[Batch], pstate, global_count: int, aut
 
 def _micro_batches(model, batches: list[Batch], pstate, scale: float, autocast) -> torch.Tensor:
     loss_sum = torch.zeros((), dtype=torch.float64)
-    backward = getattr(model, "backward", None)          # DeepSpeed's engine owns the backward
+    backward = model.backward if is_deepspeed(model) else None   # DeepSpeed's engine owns the backward
     for i, b in enumerate(batches):
         last = i == len(batches) - 1
         sync = model.no_sync() if (not last and hasattr(model, "no_sync")) else nullcontext()
