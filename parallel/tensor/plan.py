@@ -9,7 +9,8 @@ mesh) without any conversion code; the optimizer states follow automatically.
 Where a DTensor plan does not express the math, explicit autograd collectives
 (parallel/tensor/collectives.py) are used instead, because they are exact and obvious:
 - GQA with fewer kv heads than tp ranks: K/V projections stay replicated; each rank computes
-  them and keeps its kv head; their gradients are all-reduced over tp (a param hook).
+  them and keeps its kv head; their gradients are summed over tp by copy_to_tp on the
+  weight view (parallel/tensor/views.py), which also holds under FSDP2.
 - The LM head (tied or not) produces vocab-sharded logits from the local weight shard; the
   final norm's output is wrapped in copy_to_tp so its gradient is summed over tp, and the
   loss is the vocab-parallel cross-entropy (no [N, V] gather).
