@@ -23,10 +23,6 @@ def parallelize(model: nn.Module, pstate, cfg, device: torch.device) -> nn.Modul
     `pstate` is the run's parallel.layout.ParallelState; sequence parallelism sets pstate.sp_hooks.
     """
     dims = pstate.dims
-    if (dims.tp > 1 or dims.pp > 1) and getattr(cfg.eval, "every", 0) > 0:
-        raise LayoutError("periodic evaluation (eval.every) needs the whole model on every rank; with "
-                          "parallel.tp or parallel.pp > 1 set eval.every=0 and run python -m train.evaluate "
-                          "on a checkpoint (it loads any layout)")
     runner = None
     if dims.pp > 1:
         # stages are cut first (on the whole model), so TP and the rest apply to this rank's share

@@ -64,15 +64,3 @@ def test_cli_reports_layout_error_exit_2():
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs 2 processes but the world size is 1" in lines[0], p.stderr
 
-
-def test_periodic_eval_refused_under_tp_or_pp():
-    import torch
-
-    import models
-    from parallel import parallelize
-    from parallel.layout import ParallelState
-
-    cfg = load_config(None, ["--eval.every=10", "--parallel.tp=2"])
-    with pytest.raises(LayoutError, match="set eval.every=0"):
-        parallelize(models.build(cfg.model), ParallelState(dims=ParallelDims(tp=2), world=2), cfg,
-                    torch.device("cpu"))
