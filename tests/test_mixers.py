@@ -53,9 +53,11 @@ def test_split_state_passing_equals_full_forward_and_grad(name, k):
 def test_three_way_split_with_packed_documents(name):
     model = build(PATTERNS[name])
     x = tokens()
-    doc = torch.tensor([[0] * 12 + [1] * 28, [0] * 30 + [1] * 10])
-    pos = torch.cat([torch.arange(12), torch.arange(28)]).expand(2, -1).clone()
-    pos[1] = torch.cat([torch.arange(30), torch.arange(10)])
+    # documents start 1-2 tokens before a cut: the carried conv tail / KV cache then holds
+    # inputs of the previous document, which the next chunk must not read
+    doc = torch.tensor([[0] * 18 + [1] * 22, [0] * 8 + [1] * 22 + [2] * 10])
+    pos = torch.cat([torch.arange(18), torch.arange(22)]).expand(2, -1).clone()
+    pos[1] = torch.cat([torch.arange(8), torch.arange(22), torch.arange(10)])
     full = model(x, pos, doc)
     outs, states = [], None
     for lo, hi in [(0, 9), (9, 20), (20, T)]:  # no cut on a boundary, so no caller-side zeroing
