@@ -67,13 +67,13 @@ def test_state_norm_bounds_in_model(kind):
     _, caps = model(tokens, return_states=True)
     heads = model.layers[0].mixer.rglru.gate_a.blocks if kind == "R" else None
     for _, st in caps.values():
-        per_head = st.view(2, heads, -1) if heads else st.flatten(2)
+        per_head = (st.view(2, heads, -1) if heads else st.flatten(2)).detach()
         assert float(per_head.norm(dim=-1).max()) <= bound * (1 + 1e-9)
     caches = model.init_cache(2, dtype=torch.float64)
     for i in range(tokens.shape[1]):
         _, caches = model.step(tokens[:, i], caches)
         for _, st in caches.values():
-            per_head = st.view(2, heads, -1) if heads else st.flatten(2)
+            per_head = (st.view(2, heads, -1) if heads else st.flatten(2)).detach()
             assert float(per_head.norm(dim=-1).max()) <= bound * (1 + 1e-9)
 
 
