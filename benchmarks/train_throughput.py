@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's packages, not benchmarks/kernels.py
 
-from train.config import load_config
-from train.loop import train
+import torch  # noqa: E402
+
+from train.config import load_config  # noqa: E402
+from train.loop import train  # noqa: E402
 
 
 def main() -> None:
