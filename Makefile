@@ -2,7 +2,7 @@
 # Both are idempotent: the second run installs nothing and prints only what the job prints.
 SHELL  := /bin/bash
 VENV   ?= .venv
-PY     := $(VENV)/bin/python
+PY     := $(abspath $(VENV))/bin/python
 STAMP  := $(VENV)/.longweave-installed
 CONFIG ?= configs/tiny.toml
 ARGS   ?=
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (torch 2.13.0 CPU first, then -e .[dev]) ..."
 	@set -o pipefail; $(PY) -m pip install -q torch==2.13.0 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@set -o pipefail; $(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
-	@cd / && $(CURDIR)/$(PY) -c "import torch, numpy, webdataset, tensorboard, pytest, triton, models, train, data, kernels, parallel, launch" \
+	@cd / && $(PY) -c "import torch, numpy, webdataset, tensorboard, pytest, triton, models, train, data, kernels, parallel, launch" \
 		|| (echo "set-up failed: see pip output above"; exit 1)
 	@touch $(STAMP)
 
