@@ -14,8 +14,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,28 +21,12 @@ LAYOUTS = {"1": (1, []), "dp2": (2, []), "tp2": (2, ["--parallel.tp=2"]), "pp2":
 
 
 def worker(args, rest: list[str]) -> None:
-    sys.path.insert(0, str(ROOT))
-    from train.config import load_config
-    from train.loop import train
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_throughput import measure
 
-    stamps: list[float] = []
-
-    def log(line: str) -> None:
-        if line.startswith("step"):
-            stamps.append(time.perf_counter())
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(args.config, [f"--train.steps={args.steps}", f"--train.run_dir={tmp}",
-                                        "--train.log_every=1", "--checkpoint.every=0",
-                                        "--checkpoint.save_final=false", "--checkpoint.resume=none",
-                                        "--metrics.tensorboard=false", *rest])
-        train(cfg, log=log)
-    if stamps:
-        p = cfg.parallel
-        timed = stamps[args.warmup:]
-        per_step = (timed[-1] - timed[0]) / (len(timed) - 1)
-        tokens = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
-        print(f"RESULT {tokens / per_step / (p.tp * p.pp * p.sp):.1f} {per_step:.3f}", flush=True)
+    per_step, tps, _ = measure(args.config, args.steps, args.warmup, rest)
+    if per_step is not None:
+        print(f"RESULT {tps:.1f} {per_step:.3f}", flush=True)
 
 
 def main() -> None:
