@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from parallel.grad_clip import clip_gradients
 from parallel.layout import setup_parallel
 from train.checkpoint import Checkpointer
 from train.config import Config, dump_toml
+from train.evaluate import periodic_eval
+from train.length_gen import build_length_gen, build_tbptt_loader
 from train.metrics import StepLog, TensorBoardLogger, max_memory_gb, peak_flops
 from train.optim import build_optimizer, lr_at
 from train.preemption import REQUEUE_EXIT_CODE, StopFlag, write_exit_record
@@ -82,8 +83,6 @@ def train(cfg: Config, log=print) -> TrainResult:
     optimizer = build_optimizer(model, cfg.optim, device)
     model, optimizer = wrap_engine(model, optimizer, pstate, cfg)
     loader = build_loader(cfg.data, pstate.dp_rank, dims.dp)
-    from train.length_gen import build_length_gen, build_tbptt_loader  # [lengthgen] (train/length_gen.py)
-
     pstate.length_gen = build_length_gen(cfg, model, pstate)
     if cfg.lengthgen.tbptt:
         loader = build_tbptt_loader(cfg, pstate.dp_rank, dims.dp)
@@ -171,8 +170,6 @@ def train(cfg: Config, log=print) -> TrainResult:
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; lower optim.lr or check the data")
         if cfg.eval.every > 0 and step % cfg.eval.every == 0:
-            from train.evaluate import periodic_eval  # passkey + loss by position (train/evaluate.py)
-
             periodic_eval(model, cfg, step, tb, is_main, device)
         every = cfg.checkpoint.every
         if stop_now or (every > 0 and step % every == 0) or (step == total and cfg.checkpoint.save_final):
@@ -195,8 +192,3 @@ def train(cfg: Config, log=print) -> TrainResult:
     result.final_step = step
     return result
 
-
-def main_entry(cfg: Config) -> int:
-    result = train(cfg)
-    sys.stdout.flush()
-    return result.exit_code
