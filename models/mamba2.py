@@ -7,6 +7,12 @@ dt_bias = softplus⁻¹(dt) with dt ~ logUniform(dt_min, dt_max), A_log = log U[
 The state is (conv tail [B, k−1, conv channels], ssm state [B, h, p, n]); forward can start
 from one (ctx.initial_states) and leave one (ctx.final_states), which is exactly the cache
 `step` continues from.
+
+Parameters are kept per component (in_proj_z/x/B/C/dt, conv_x/B/C) rather than as one fused
+in_proj and conv: each is then one contiguous block of heads (z, x, dt, conv_x) or groups
+(B, C, conv_B/C), so tensor parallelism can shard every one on dim 0 with the same names at
+any layout (parallel/tensor/recurrent.py). The forward still runs one in_proj matmul and one
+conv over [x | B | C], on the concatenated weights (cheap: weights, not activations).
 """
 from __future__ import annotations
 
@@ -25,6 +31,16 @@ from models.gated_norm import GatedRMSNorm
 from models.recurrent_state import conv_tail, record_state_norm
 
 
+class DepthwiseConvParams(nn.Module):
+    """Weight [channels, k] and bias [channels] of one component's depthwise causal conv
+    (read by Mamba2, never called: the components are convolved together)."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels, width))
+        self.bias = nn.Parameter(torch.empty(channels))
+
+
 class Mamba2(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -36,9 +52,15 @@ class Mamba2(nn.Module):
         self.dt_min, self.dt_max = cfg.dt_min, cfg.dt_max
         self.collapse = settings_from(cfg)      # state-collapse mitigations (off by default)
         self.conv_channels = self.d_inner + 2 * self.ngroups * self.d_state
-        self.in_proj = nn.Linear(cfg.d_model, self.d_inner + self.conv_channels + self.nheads, bias=False)
-        self.conv_weight = nn.Parameter(torch.empty(self.conv_channels, self.conv_width))
-        self.conv_bias = nn.Parameter(torch.empty(self.conv_channels))
+        group_rows = self.ngroups * self.d_state
+        self.in_proj_z = nn.Linear(cfg.d_model, self.d_inner, bias=False)
+        self.in_proj_x = nn.Linear(cfg.d_model, self.d_inner, bias=False)
+        self.in_proj_B = nn.Linear(cfg.d_model, group_rows, bias=False)
+        self.in_proj_C = nn.Linear(cfg.d_model, group_rows, bias=False)
+        self.in_proj_dt = nn.Linear(cfg.d_model, self.nheads, bias=False)
+        self.conv_x = DepthwiseConvParams(self.d_inner, self.conv_width)
+        self.conv_B = DepthwiseConvParams(group_rows, self.conv_width)
+        self.conv_C = DepthwiseConvParams(group_rows, self.conv_width)
         self.dt_bias = nn.Parameter(torch.empty(self.nheads))
         self.A_log = nn.Parameter(torch.empty(self.nheads))
         self.D = nn.Parameter(torch.empty(self.nheads))
@@ -50,8 +72,9 @@ class Mamba2(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.conv_width)       # nn.Conv1d's default for a depthwise conv
-        self.conv_weight.uniform_(-bound, bound)
-        self.conv_bias.uniform_(-bound, bound)
+        for conv in (self.conv_x, self.conv_B, self.conv_C):
+            conv.weight.uniform_(-bound, bound)
+            conv.bias.uniform_(-bound, bound)
         u = torch.rand(self.dt_bias.shape, dtype=torch.float64)
         dt = torch.exp(u * (math.log(self.dt_max) - math.log(self.dt_min)) + math.log(self.dt_min))
         dt = dt.clamp(min=1e-4)
@@ -66,8 +89,18 @@ class Mamba2(nn.Module):
         return (x.unflatten(-1, (-1, self.headdim)), B.unflatten(-1, (-1, self.d_state)),
                 C.unflatten(-1, (-1, self.d_state)))
 
+    def in_proj_weight(self) -> torch.Tensor:
+        """The fused [z | x | B | C | dt] projection, so the input is read by one matmul."""
+        return torch.cat([self.in_proj_z.weight, self.in_proj_x.weight, self.in_proj_B.weight,
+                          self.in_proj_C.weight, self.in_proj_dt.weight])
+
+    def conv_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [conv_channels, k], bias [conv_channels]) of the conv over [x | B | C]."""
+        parts = (self.conv_x, self.conv_B, self.conv_C)
+        return torch.cat([c.weight for c in parts]), torch.cat([c.bias for c in parts])
+
     def project(self, u: torch.Tensor):
-        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_channels, self.nheads], -1)
+        z, xbc, dt = torch.split(F.linear(u, self.in_proj_weight()), [self.d_inner, self.conv_channels, self.nheads], -1)
         return z, xbc, dt
 
     def forward(self, u: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
@@ -75,14 +108,15 @@ class Mamba2(nn.Module):
         z, xbc_in, dt = self.project(u)
         init = ctx.initial_state(self.layer_idx)
         conv_init, ssm_init = (None, None) if init is None else init
+        conv_weight, conv_bias = self.conv_params()
         if ctx.sp is not None:
             if conv_init is not None:
                 raise NotImplementedError("Mamba-2: an initial conv state under sequence parallelism is "
                                           "not supported; pass initial states without sp")
-            xbc = ctx.sp.causal_conv1d(causal_conv1d, xbc_in, self.conv_weight, self.conv_bias,
+            xbc = ctx.sp.causal_conv1d(causal_conv1d, xbc_in, conv_weight, conv_bias,
                                        doc_ids=ctx.doc_ids, activation="silu")
         else:
-            xbc = causal_conv1d(xbc_in, self.conv_weight, self.conv_bias, doc_ids=ctx.doc_ids,
+            xbc = causal_conv1d(xbc_in, conv_weight, conv_bias, doc_ids=ctx.doc_ids,
                                 left_context=conv_init, activation="silu")
         x, B, C = self.split_heads(xbc)
         dt = F.softplus(dt + self.dt_bias)
@@ -115,7 +149,8 @@ class Mamba2(nn.Module):
         tail, state = cache
         z, xbc_in, dt = self.project(u)
         window = torch.cat([tail.to(xbc_in.dtype), xbc_in[:, None]], dim=1)          # [B, k, channels]
-        xbc = F.silu((window * self.conv_weight.t()).sum(1) + self.conv_bias)
+        conv_weight, conv_bias = self.conv_params()
+        xbc = F.silu((window * conv_weight.t()).sum(1) + conv_bias)
         x, B, C = self.split_heads(xbc)
         work = plain_state(state).dtype
         dt = F.softplus(dt + self.dt_bias).to(work)                                   # [B, h]

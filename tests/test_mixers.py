@@ -136,7 +136,7 @@ def test_mamba2_init_and_no_weight_decay():
     nwd = model.no_weight_decay_names()
     for leaf in ("A_log", "D", "dt_bias", "a_param"):
         assert any(n.endswith(leaf) for n in nwd)
-    assert "layers.0.mixer.in_proj.weight" not in nwd
+    assert "layers.0.mixer.in_proj_x.weight" not in nwd
 
 
 @pytest.mark.parametrize("t", [15, 16, 40, 43])

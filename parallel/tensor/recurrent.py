@@ -4,20 +4,20 @@ Both split by heads so that everything between the input and output projections 
 SSD / RG-LRU scan, gated norm, block-diagonal gates) runs on local channels without
 communication; the output projection is row-parallel (one all-reduce), like Megatron's MLP.
 
-The mixers read their weights as module attributes (`self.dt_bias`, `self.conv_weight`...),
+The mixers read their weights as module attributes (`self.dt_bias`, `self.in_proj_x.weight`...),
 so during forward a pre-hook puts this rank's *local slice* of each such weight in the
 module's instance __dict__ (found before nn.Module's parameter lookup) and a post-hook removes
 it; parameter names, and so checkpoints, stay those of the single-process model.
-- Weights whose local part is a contiguous block (per-head dt_bias, A_log, D, the gated
-  norm's weight, Griffin's conv, gates and Λ) become DTensors sharded on dim 0; the slice is
-  their local shard (memory is split, DCP reshards them).
-- Mamba-2's in_proj and conv rows interleave [z | x | B | C | dt] segments, so a rank's rows
-  are not one block of the canonical layout; those weights stay replicated, each rank
-  computes with its rows only (compute is split), and their gradients are summed over tp by
-  a parameter hook (each rank fills disjoint rows). This keeps the canonical layout, hence
-  layout-independent checkpoints, at the cost of replicated in_proj memory. With fewer B/C
-  groups than tp ranks (ngroups=1 is common) each rank keeps its heads' group, replicated,
-  like GQA key/value heads.
+- Every weight's local part is a contiguous block of heads or groups, so it becomes a DTensor
+  sharded on dim 0 and the view is its local shard (memory is split, DCP reshards them):
+  per-head dt_bias, A_log, D and the gated norm's weight; Mamba-2's per-component projections
+  in_proj_z/x/dt and conv_x (by heads), in_proj_B/C and conv_B/C (by groups); Griffin's conv,
+  gates and Λ. The mixer concatenates its local components, so it runs one in_proj matmul on
+  the rank's [z | x | B | C | dt] rows and one conv on its [x | B | C] channels.
+- With fewer Mamba-2 B/C groups than tp ranks (ngroups=1 is common) in_proj_B/C and conv_B/C
+  stay replicated, like GQA key/value heads: each rank computes its heads' group and the
+  gradient is summed over tp on its way back to the full weight (copy_to_tp).
+The mixer's input enters through copy_to_tp (each rank back-propagates its rows' share).
 """
 from __future__ import annotations
 
@@ -44,37 +44,27 @@ def replicated_rows(names: list[str], rows: torch.Tensor, group) -> dict:
     return {name: (lambda p, _rows=rows: copy_to_tp(p, group).index_select(0, _rows)) for name in names}
 
 
-def _segments(bounds: list[tuple[int, int, int]], tp: int, rank: int) -> torch.Tensor:
-    """This rank's rows of (offset, length, units) segments, concatenated: the rank-th 1/tp of
-    each segment when its units (heads, groups) divide by tp, else (fewer units than tp, e.g.
-    one B/C group) the one unit rank // (tp / units), replicated over those ranks."""
-    parts = []
-    for offset, length, units in bounds:
-        if units % tp == 0:
-            n = length // tp
-            lo = offset + rank * n
-        else:
-            n = length // units
-            lo = offset + (rank // (tp // units)) * n
-        parts.append(torch.arange(lo, lo + n))
-    return torch.cat(parts)
+def group_rows(rows_per_group: int, groups: int, tp: int, rank: int) -> torch.Tensor:
+    """Rows of the one B/C group this rank's heads use when groups < tp (rank // (tp / groups))."""
+    lo = (rank // (tp // groups)) * rows_per_group
+    return torch.arange(lo, lo + rows_per_group)
 
 
 def shard_mamba2(m: nn.Module, tp_mesh) -> None:
     tp, rank, group = tp_mesh.size(), tp_mesh.get_local_rank(), tp_mesh.get_group()
     di, g, h = m.d_inner, m.ngroups, m.nheads
-    gn = g * m.d_state
-    in_rows = _segments([(0, di, h), (di, di, h), (2 * di, gn, g), (2 * di + gn, gn, g),
-                         (2 * di + 2 * gn, h, h)], tp, rank)
-    conv_rows = _segments([(0, di, h), (di, gn, g), (di + gn, gn, g)], tp, rank)
-    device = m.in_proj.weight.device
-    in_rows, conv_rows = in_rows.to(device), conv_rows.to(device)
-
-    local_views(m.in_proj, replicated_rows(["weight"], in_rows, group))
-    m.in_proj.register_forward_pre_hook(lambda _m, args: (copy_to_tp(args[0], group), *args[1:]))
-    views = replicated_rows(["conv_weight", "conv_bias"], conv_rows, group)
-    views.update(shard_dim0(m, ["dt_bias", "A_log", "D"], tp_mesh))
-    local_views(m, views)
+    by_heads = [(m.in_proj_z, ["weight"]), (m.in_proj_x, ["weight"]), (m.in_proj_dt, ["weight"]),
+                (m.conv_x, ["weight", "bias"])]
+    by_groups = [(m.in_proj_B, ["weight"]), (m.in_proj_C, ["weight"]),
+                 (m.conv_B, ["weight", "bias"]), (m.conv_C, ["weight", "bias"])]
+    for part, names in by_heads + (by_groups if g % tp == 0 else []):
+        local_views(part, shard_dim0(part, names, tp_mesh), owner=m)      # parts are read, not called
+    if g % tp:
+        rows = group_rows(m.d_state, g, tp, rank).to(m.in_proj_B.weight.device)
+        for part, names in by_groups:
+            local_views(part, replicated_rows(names, rows, group), owner=m)
+    m.register_forward_pre_hook(lambda _m, args: (copy_to_tp(args[0], group), *args[1:]))
+    local_views(m, shard_dim0(m, ["dt_bias", "A_log", "D"], tp_mesh))
     local_views(m.norm, shard_dim0(m.norm, ["weight"], tp_mesh))
     if g % tp:                      # one norm group spread over all tp ranks
         split_group_norm(m.norm, group)
