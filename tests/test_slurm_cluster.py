@@ -34,6 +34,11 @@ def idle_nodes() -> int:
     return sum(s.strip("*~#") == "idle" for s in out.stdout.split()) if out.returncode == 0 else 0
 
 
+def max_idle_cpus() -> int:
+    out = subprocess.run(["sinfo", "-h", "-N", "-t", "idle", "-o", "%c"], capture_output=True, text=True, timeout=20)
+    return max((int(c) for c in out.stdout.split() if c.isdigit()), default=0)
+
+
 def cluster_up() -> bool:
     return idle_nodes() > 0
 
@@ -50,11 +55,12 @@ def slurm():
             pytest.skip("no idle SLURM node (start one with `bash slurm/local-cluster.sh`)")
     except subprocess.TimeoutExpired:
         pytest.skip("SLURM does not answer")
-    # two nodes when the cluster has them (slurm/local-cluster.sh starts lw1, lw2 on this host:
-    # their names do not resolve, hence MASTER_ADDR); else one node with two processes
-    if idle_nodes() >= 2:
-        return ["--nodes", "2", "--nproc-per-node", "1", "--export", "MASTER_ADDR=127.0.0.1"]
-    return ["--nodes", "1", "--nproc-per-node", "2"]
+    # One node with two processes when a node has two CPUs (what .ci/run starts: `--nodes 1`);
+    # on a cluster of one-CPU nodes (`local-cluster.sh --nodes 2` splits this host's CPUs) the job
+    # spans two SLURM nodes instead: their names do not resolve, hence MASTER_ADDR.
+    if max_idle_cpus() >= 2:
+        return ["--nodes", "1", "--nproc-per-node", "2"]
+    return ["--nodes", "2", "--nproc-per-node", "1", "--export", "MASTER_ADDR=127.0.0.1"]
 
 
 def job_field(job: str, name: str) -> str:
