@@ -1,6 +1,6 @@
 """Everything that knows about process groups: set-up, layouts, and applying parallelism.
 
-`parallelize(model, dims, cfg, device)` applies, in this fixed order:
+`parallelize(model, pstate, cfg, device)` applies, in this fixed order:
 (pipeline cut) -> TP -> SP hooks -> activation checkpointing -> torch.compile (when enabled)
 -> data parallel. The pipeline cut comes first because every later step acts on the blocks
 this rank keeps; data parallel comes last because it wraps (DDP, FSDP2) or hooks the final
