@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.attention.triton_kernels import _dot, _mask_scores, _split_ranges
+from kernels.attention.triton_kernels import _doc_block, _dot, _mask_scores, _query_block_keys, _split_ranges
 
 
 @triton.jit
@@ -70,29 +70,10 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QDOC, KDOC,
     delta = tl.load(DELTA + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
     K = K + b * stride_kb + hk * stride_kh
     V = V + b * stride_vb + hk * stride_vh
-    qdoc = rows
-    qdoc_min = 0
-    qdoc_max = 0
     if HAS_DOC:
         KDOC = KDOC + b * stride_kdb
-        qdoc = tl.load(QDOC + b * stride_qdb + rows, mask=rows < TQ, other=-2)
-        qdoc_min = tl.min(tl.where(rows < TQ, qdoc, 2147483647), 0)
-        qdoc_max = tl.max(qdoc, 0)
-    lo = 0
-    hi = TK
-    full_lo = 0
-    full_hi = TK
-    if CAUSAL:
-        hi = tl.minimum(hi, shift + start_m + BLOCK_M)
-        full_hi = shift + start_m + 1
-    if HAS_WINDOW:
-        lo = shift + start_m - window + 1
-        full_lo = shift + start_m + BLOCK_M - window
-        if not CAUSAL:
-            hi = tl.minimum(hi, shift + start_m + BLOCK_M - 1 + window)
-            full_hi = shift + start_m + window
-    full_hi = tl.minimum(full_hi, TK)
-    lo0, first, last, hi = _split_ranges(lo, hi, full_lo, full_hi, BLOCK_N)
+    qdoc, qdoc_min, qdoc_max = _doc_block(QDOC + b * stride_qdb, rows, TQ, -2, HAS_DOC)
+    lo0, first, last, hi = _query_block_keys(start_m, shift, window, TK, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     dq = _dq_range(dq, q, do, lse2, delta, K, V, KDOC, lo0, first, rows, offs_n, offs_d, TQ, TK, shift, window,
                    qk_scale, qdoc, qdoc_min, qdoc_max, stride_kt, stride_vt,
@@ -162,14 +143,9 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QDOC, KDOC,
     cmask = cols[:, None] < TK
     k = tl.load(K + b * stride_kb + hk * stride_kh + cols[:, None] * stride_kt + offs_d[None, :], mask=cmask, other=0.0)
     v = tl.load(V + b * stride_vb + hk * stride_vh + cols[:, None] * stride_vt + offs_d[None, :], mask=cmask, other=0.0)
-    kdoc = cols
-    kdoc_min = 0
-    kdoc_max = 0
     if HAS_DOC:
         QDOC = QDOC + b * stride_qdb
-        kdoc = tl.load(KDOC + b * stride_kdb + cols, mask=cols < TK, other=-1)
-        kdoc_min = tl.min(tl.where(cols < TK, kdoc, 2147483647), 0)
-        kdoc_max = tl.max(kdoc, 0)
+    kdoc, kdoc_min, kdoc_max = _doc_block(KDOC + b * stride_kdb, cols, TK, -1, HAS_DOC)
     # query rows that see some key of [start_n, start_n + BLOCK_N), and those that see all of them
     lo = 0
     hi = TQ

@@ -43,6 +43,41 @@ def _split_ranges(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _doc_block(DOC, idx, N, other, HAS_DOC: tl.constexpr):
+    """Doc ids of positions idx (`other` past N) and their min/max, to skip blocks of other documents."""
+    ids = idx
+    lo = 0
+    hi = 0
+    if HAS_DOC:
+        ids = tl.load(DOC + idx, mask=idx < N, other=other)
+        lo = tl.min(tl.where(idx < N, ids, 2147483647), 0)
+        hi = tl.max(ids, 0)
+    return ids, lo, hi
+
+
+@triton.jit
+def _query_block_keys(start_m, shift, window, TK, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """Key blocks for query rows [start_m, start_m + BLOCK_M): (lo0, first, last, hi) as in
+    _split_ranges — keys some row sees, and the middle part every row sees in full."""
+    lo = 0
+    hi = TK
+    full_lo = 0
+    full_hi = TK
+    if CAUSAL:
+        hi = tl.minimum(hi, shift + start_m + BLOCK_M)
+        full_hi = shift + start_m + 1
+    if HAS_WINDOW:
+        lo = shift + start_m - window + 1
+        full_lo = shift + start_m + BLOCK_M - window
+        if not CAUSAL:
+            hi = tl.minimum(hi, shift + start_m + BLOCK_M - 1 + window)
+            full_hi = shift + start_m + window
+    full_hi = tl.minimum(full_hi, TK)
+    return _split_ranges(lo, hi, full_lo, full_hi, BLOCK_N)
+
+
+@triton.jit
 def _mask_scores(s, rows, cols, NR, NC, shift, window, row_doc, col_doc,
                  BOUNDS: tl.constexpr, MASK_POS: tl.constexpr, CAUSAL: tl.constexpr,
                  HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, TRANS: tl.constexpr = False):
@@ -128,31 +163,11 @@ def attn_fwd_kernel(Q, K, V, OUT, LSE, QDOC, KDOC,
     K = K + b * stride_kb + hk * stride_kh
     V = V + b * stride_vb + hk * stride_vh
     q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :], mask=rows[:, None] < TQ, other=0.0)
-    qdoc = rows
-    qdoc_min = 0
-    qdoc_max = 0
     if HAS_DOC:
-        QDOC = QDOC + b * stride_qdb
         KDOC = KDOC + b * stride_kdb
-        qdoc = tl.load(QDOC + rows, mask=rows < TQ, other=-2)
-        qdoc_min = tl.min(tl.where(rows < TQ, qdoc, 2147483647), 0)
-        qdoc_max = tl.max(qdoc, 0)
+    qdoc, qdoc_min, qdoc_max = _doc_block(QDOC + b * stride_qdb, rows, TQ, -2, HAS_DOC)
     # key range visible to rows [start_m, start_m + BLOCK_M) and the part visible to all of them
-    lo = 0
-    hi = TK
-    full_lo = 0
-    full_hi = TK
-    if CAUSAL:
-        hi = tl.minimum(hi, shift + start_m + BLOCK_M)
-        full_hi = shift + start_m + 1
-    if HAS_WINDOW:
-        lo = shift + start_m - window + 1
-        full_lo = shift + start_m + BLOCK_M - window
-        if not CAUSAL:
-            hi = tl.minimum(hi, shift + start_m + BLOCK_M - 1 + window)
-            full_hi = shift + start_m + window
-    full_hi = tl.minimum(full_hi, TK)
-    lo0, first, last, hi = _split_ranges(lo, hi, full_lo, full_hi, BLOCK_N)
+    lo0, first, last, hi = _query_block_keys(start_m, shift, window, TK, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
