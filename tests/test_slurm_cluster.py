@@ -80,10 +80,23 @@ def wait_for(what: str, cond, timeout: float = 240, log: Path | None = None):
     raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
+def nodes_settled(job: str) -> bool:
+    """No step of `job` is left and no node is still completing or allocated."""
+    steps = subprocess.run(["squeue", "-h", "-s", "-j", job], capture_output=True, text=True, timeout=20)
+    states = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    busy = [s for s in states.stdout.split() if not s.startswith("idle")]
+    return steps.returncode == 0 and not steps.stdout.strip() and not busy
+
+
 def requeued_and_released(job: str, restarts: int, log: Path) -> None:
-    """Wait until the job is back in the queue after its `restarts`-th requeue, then release the hold."""
+    """Wait until the job is back in the queue after its `restarts`-th requeue and its previous run
+    has been cleaned up on every node, then release the hold. Released any earlier, slurmd may get
+    the new start while it still tears down the old one and refuse it ("Job N already killed, do not
+    launch batch job"), which fails the job."""
     wait_for(f"requeue {restarts}", lambda: job_field(job, "Restarts") == str(restarts)
              and job_field(job, "JobState") == "PENDING", log=log)
+    wait_for(f"clean-up after requeue {restarts}", lambda: nodes_settled(job), log=log)
+    time.sleep(5)   # slurmd finishes its own bookkeeping a moment after the node reads idle
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=20)
 
 
