@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import sys
-import types
 
 import torch
 import torch.nn.functional as F
@@ -75,24 +74,11 @@ def attention_rows(seqlens, heads=16, d=128, tokens=65536):
     return rows
 
 
-def _mamba_chunk_scan():
-    """mamba-ssm's Triton SSD without its CUDA extension: import the ops package, not mamba_ssm/__init__."""
-    spec = importlib.util.find_spec("mamba_ssm")
-    if spec is None:
-        return None
-    if "mamba_ssm" not in sys.modules:
-        pkg = types.ModuleType("mamba_ssm")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["mamba_ssm"] = pkg
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-
-    return mamba_chunk_scan_combined
-
-
 def ssd_rows(seqlens, heads=32, p=64, n=128, groups=1, chunk=64, torch_max_t=16384):
     from kernels.ssd import ssd_chunked
+    from kernels.ssd.mamba import load_chunk_scan
     from kernels.ssd.triton import ssd_triton
-    mamba = _mamba_chunk_scan()
+    mamba = load_chunk_scan()
     rows = []
     for t in seqlens:
         dev = dict(device="cuda", dtype=torch.bfloat16)

@@ -23,12 +23,14 @@ def path_table(device: str, dtype: torch.dtype) -> list[tuple[str, str]]:
     x = torch.empty(1, 128, 256, device=device, dtype=dtype)
     w = torch.empty(256, 4, device=device, dtype=dtype)
     xs = torch.empty(1, 128, 8, 64, device=device, dtype=dtype)
+    xs_long = torch.empty(1, 1, 1, 64, device=device, dtype=dtype).expand(1, 65536, 32, 64)  # no memory
     return [
         ("attention: causal, no LSE (plain)", select_attention_path(q, 128, 0, 0, False, plain_causal=True)),
         ("attention: causal + doc masks / window", select_attention_path(q, 128, 0, 0, False)),
         ("attention: with LSE (sequence parallel)", select_attention_path(q, 128, 0, 0, True)),
         ("attention: LSE, query/key offsets", select_attention_path(q, 128, 128, 0, True)),
-        ("ssd (Mamba-2 chunk scan)", select_ssd_path(xs, 64)),
+        ("ssd (Mamba-2 chunk scan), 128 tokens x 8 heads", select_ssd_path(xs, 64)),
+        ("ssd (Mamba-2 chunk scan), 64K tokens x 32 heads", select_ssd_path(xs_long, 64)),
         ("linear scan (RG-LRU)", select_scan_path(x)),
         ("causal conv1d", select_conv1d_path(x, w, None, "silu")),
         ("causal conv1d + left context", select_conv1d_path(x, w, torch.empty(1, 3, 256), "silu")),

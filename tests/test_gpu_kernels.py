@@ -83,8 +83,14 @@ def test_gpu_attention_dispatch_uses_triton_for_lse():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("chunk", [64, 256])
-def test_gpu_ssd(dtype, tol, chunk):
+@pytest.mark.parametrize("impl", ["ours", "mamba_ssm"])
+def test_gpu_ssd(dtype, tol, chunk, impl):
+    from kernels.ssd.mamba import load_chunk_scan, ssd_mamba
     from kernels.ssd.triton import ssd_triton
+
+    if impl == "mamba_ssm" and load_chunk_scan() is None:
+        pytest.skip("mamba-ssm is not installed")
+    fused = ssd_triton if impl == "ours" else ssd_mamba
 
     b, t, h, g_, p, n = 2, 1500, 8, 2, 64, 128
     gen = torch.Generator(device=DEV).manual_seed(chunk)
@@ -101,7 +107,7 @@ def test_gpu_ssd(dtype, tol, chunk):
         return fn(x, dt, A, B, C, D=D, initial_state=h0, doc_ids=doc, return_final_state=True, chunk_size=chunk)
 
     ref = _grads(lambda *a: call(ssd_chunked, *a), torch.float64, (x, dt, A, B, C, D, h0), weights)
-    got = _grads(lambda *a: call(ssd_triton, *a), dtype, (x, dt, A, B, C, D, h0), weights)
+    got = _grads(lambda *a: call(fused, *a), dtype, (x, dt, A, B, C, D, h0), weights)
     for name, u, r in zip(("y", "final", "dx", "ddt", "dA", "dB", "dC", "dD", "dh0"), got, ref):
         assert _rel(u, r) < tol, name
 

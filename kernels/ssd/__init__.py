@@ -1,5 +1,9 @@
 """SSD (Mamba-2) scan: reference recurrence, chunked PyTorch path, and the dispatcher `ssd`.
 
+Paths: `reference` (sequential), `torch` (chunked, runs everywhere), `triton` (ours, fused,
+kernels/ssd/triton.py) and `mamba_ssm` (mamba-ssm's fused kernels, kernels/ssd/mamba.py), which
+auto mode takes on CUDA for long inputs when it is installed, where it was measured faster.
+
 Contract (binding for the Triton and sequence-parallel code): see reference.py for shapes,
 the recurrence, document resets and initial/final states. Final states are returned in the
 accumulation dtype (float32, or float64 for float64 inputs) so state passing loses nothing.
@@ -10,17 +14,21 @@ import torch
 
 from kernels.dispatch import has_module, kernel_mode
 from kernels.ssd.chunked import ssd_chunked
+from kernels.ssd.mamba import load_chunk_scan, mamba_pays_off, mamba_supports, ssd_mamba
 from kernels.ssd.reference import ssd_reference
 
 __all__ = ["ssd", "ssd_reference", "ssd_chunked", "select_ssd_path"]
 
 
 def select_ssd_path(x: torch.Tensor, chunk_size: int = 64) -> str:
-    """Name of the path `ssd` takes for x: 'reference', 'torch' or 'triton' (our fused chunk scan:
-    CUDA with Triton installed, or LONGWEAVE_KERNELS=triton)."""
+    """Name of the path `ssd` takes for x: 'reference', 'torch', 'triton' (our fused chunk scan:
+    CUDA with Triton installed, or LONGWEAVE_KERNELS=triton) or 'mamba_ssm' (auto mode, CUDA,
+    mamba-ssm importable and b·t·h at least MAMBA_MIN_TOKEN_HEADS)."""
     mode = kernel_mode()
     if mode == "reference":
         return "reference"
+    if mode == "auto" and mamba_supports(x) and mamba_pays_off(x) and load_chunk_scan() is not None:
+        return "mamba_ssm"
     if mode == "triton" or (mode == "auto" and x.is_cuda and has_module("triton")):
         return "triton"
     return "torch"
@@ -44,6 +52,8 @@ def ssd(
     path = select_ssd_path(x, chunk_size)
     if path == "reference":
         return ssd_reference(x, dt, A, B, C, **kwargs)
+    if path == "mamba_ssm":
+        return ssd_mamba(x, dt, A, B, C, **kwargs)
     if path == "triton":
         from kernels.ssd.triton import ssd_triton  # lazy: TRITON_INTERPRET must be set first
 
