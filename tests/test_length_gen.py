@@ -136,3 +136,21 @@ def test_training_with_interventions_runs(tmp_path):
     attn = load_config(None, ["--model.pattern=*-", "--lengthgen.state_init=noise"])
     with pytest.raises(LayoutError, match="has none"):
         build_length_gen(attn, models.build(attn.model), P())
+
+
+@pytest.mark.parametrize("extra", [["--lengthgen.tbptt=true"], ["--lengthgen.state_init=fitted_noise"],
+                                   ["--lengthgen.state_init=passing"]])
+def test_resume_continues_the_carried_state_exactly(tmp_path, extra):
+    """4 steps straight equal 2 steps, a checkpoint, and 2 resumed steps, bitwise: the carried
+    final states, fitted σ and noise generator come back from the checkpoint."""
+    from train.loop import train
+
+    base = ["--model.pattern=M-R-", "--model.d_model=32", "--model.n_heads=2", "--model.d_state=8",
+            "--model.ssm_headdim=16", "--data.seq_len=32", "--data.batch_size=2", "--checkpoint.every=2",
+            "--metrics.tensorboard=false", "--train.log_every=100", "--train.device=cpu", *extra]
+    straight = train(load_config(None, [*base, "--train.steps=4", f"--train.run_dir={tmp_path / 'a'}"]),
+                     log=lambda *_: None).losses
+    train(load_config(None, [*base, "--train.steps=2", f"--train.run_dir={tmp_path / 'b'}"]), log=lambda *_: None)
+    resumed = train(load_config(None, [*base, "--train.steps=4", f"--train.run_dir={tmp_path / 'b'}",
+                                       "--checkpoint.resume=auto"]), log=lambda *_: None).losses
+    assert len(resumed) == 2 and resumed == straight[2:]

@@ -3,7 +3,7 @@
 Layout: <run>/checkpoints/step-NNNNNNN/
   .metadata, *.distcp     model + optimizer via torch.distributed.checkpoint (sharded, reshardable)
   train_state.json        step, data-loader state, schedule/curriculum state (global, rank 0)
-  rank-RRRRR.pt           per-rank RNG states
+  rank-RRRRR.pt           per-rank RNG states and per-rank trainer state (e.g. [lengthgen] carry)
   config.toml             the resolved config of the run that wrote it
 Everything is written into `.tmp-step-NNNNNNN/` and renamed to `step-NNNNNNN/` by rank 0 only
 after every rank has finished writing; a crash before the rename leaves the previous
@@ -86,6 +86,7 @@ class Checkpointer:
         self.dir = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
         self.rank = rank
+        self.rank_state: dict = {}
 
     def resolve(self, resume: str) -> Path | None:
         """The checkpoint `resume` names: none, auto (newest complete), or a directory."""
@@ -100,7 +101,8 @@ class Checkpointer:
             return None
         return path
 
-    def save(self, step: int, model, optimizer, train_state: dict, config_toml: str) -> Path:
+    def save(self, step: int, model, optimizer, train_state: dict, config_toml: str,
+             rank_state: dict | None = None) -> Path:
         final = self.dir / f"step-{step:07d}"
         tmp = self.dir / f".tmp-step-{step:07d}"
         if self.rank == 0:
@@ -112,7 +114,7 @@ class Checkpointer:
         else:
             model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIM_FLAT)
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-        torch.save({"rng": rng_state()}, tmp / f"rank-{self.rank:05d}.pt")
+        torch.save({"rng": rng_state(), "extra": rank_state or {}}, tmp / f"rank-{self.rank:05d}.pt")
         barrier()
         if self.rank == 0:
             (tmp / "config.toml").write_text(config_toml)
@@ -134,7 +136,8 @@ class Checkpointer:
             shutil.rmtree(stale, ignore_errors=True)
 
     def load(self, path: Path, model, optimizer) -> dict:
-        """Load model, optimizer and this rank's RNG from `path`; returns the train state."""
+        """Load model, optimizer and this rank's RNG from `path`; returns the train state. This
+        rank's extra state (save's rank_state) is left in self.rank_state ({} if there is none)."""
         if is_deepspeed(model):
             load_deepspeed(model, path)
         else:
@@ -144,8 +147,11 @@ class Checkpointer:
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                            options=OPTIM_FLAT)
         rank_file = path / f"rank-{self.rank:05d}.pt"
+        self.rank_state = {}
         if rank_file.is_file():
-            set_rng_state(torch.load(rank_file, weights_only=False)["rng"])
+            saved = torch.load(rank_file, weights_only=False)
+            set_rng_state(saved["rng"])
+            self.rank_state = saved.get("extra", {})
         else:
             warn(f"{rank_file.name} not in {path} (world size changed?); RNG state not restored")
         return json.loads((path / "train_state.json").read_text())

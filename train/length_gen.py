@@ -11,8 +11,10 @@ reach after T tokens; these interventions show it such states during training:
   row-stream loader, data/row_streams.py, keeps documents continuous across steps), starting
   from that row's detached final state (conv tail and recurrent state), zeroed where a new
   document starts at the row start; gradients stop at the step boundary.
-Only the recurrent state (M, R) is initialised; attention layers are untouched. The carried
-state is not checkpointed: after a resume the first step starts from zero.
+Only the recurrent state (M, R) is initialised; attention layers are untouched. What carries
+from step to step (the last final states, fitted σ, the noise generator) is per-rank state that
+the checkpoint keeps (state_dict, in rank-RRRRR.pt), so a resumed run continues exactly; after a
+change of world size it starts again from the configured initial state.
 Hooked into the trainer through `pstate.length_gen` (train/step.py calls forward_kwargs /
 after_forward around every micro-batch forward).
 """
@@ -56,6 +58,15 @@ def per_head_rms(state: torch.Tensor, heads: int) -> torch.Tensor:
     return view.pow(2).mean(dim=(0, 2)).sqrt()
 
 
+def _rows(st) -> int | None:
+    """Batch rows of a recurrent state, or of a layer's (conv, recurrent) pair; None if empty."""
+    if isinstance(st, tuple):
+        return next((r for r in map(_rows, st) if r is not None), None)
+    if st is None:
+        return None
+    return (st.state if isinstance(st, WindowCache) else st).shape[0]
+
+
 class LengthGen:
     """Chooses the initial recurrent states of each training forward and records the final ones."""
 
@@ -92,14 +103,32 @@ class LengthGen:
             return None
         if self.mode == "passing":      # a different sequence: row r gets row r-1's final state
             return {i: (None, map_state(lambda t: t.roll(1, dims=0), st[1])) for i, st in self.prev.items()
-                    if st[1] is not None and st[1].shape[0] == b}
+                    if st[1] is not None and _rows(st[1]) == b}
         if self.mode == "tbptt":        # the same row, continued; zero where a new document starts
             keep = (batch.positions[:, 0] > 0)
 
             def mask(t):
                 return t * keep.view(-1, *([1] * (t.ndim - 1))).to(t.dtype)
-            return {i: (map_state(mask, st[0]), map_state(mask, st[1])) for i, st in self.prev.items()}
+            return {i: (map_state(mask, st[0]), map_state(mask, st[1])) for i, st in self.prev.items()
+                    if _rows(st) == b}
         return None
+
+    def state_dict(self) -> dict:
+        """What carries across steps, on the CPU: last final states, fitted σ, noise generator."""
+        cpu = lambda t: t.detach().cpu()  # noqa: E731
+        prev = None if self.prev is None else {i: tuple(map_state(cpu, s) for s in st) for i, st in self.prev.items()}
+        return {"mode": self.mode, "prev": prev, "sigma": {i: cpu(v) for i, v in self.sigma.items()},
+                "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict, device) -> None:
+        if state.get("mode") != self.mode:
+            raise ValueError(f"the checkpoint's lengthgen state is for mode {state.get('mode')!r}, this run uses "
+                             f"{self.mode!r}; resume with the same [lengthgen] settings")
+        move = lambda t: t.to(device)  # noqa: E731
+        prev = state["prev"]
+        self.prev = None if prev is None else {i: tuple(map_state(move, s) for s in st) for i, st in prev.items()}
+        self.sigma = {i: move(v) for i, v in state["sigma"].items()}
+        self.gen.set_state(state["generator"])
 
     def forward_kwargs(self, batch) -> dict:
         """Extra keyword arguments for the model's forward on this micro-batch."""

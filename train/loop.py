@@ -101,6 +101,12 @@ def train(cfg: Config, log=print) -> TrainResult:
         state = ckpt.load(resume_from, model, optimizer)
         step = int(state["step"])
         loader.load_state_dict(state["data"])
+        if pstate.length_gen is not None and "length_gen" in ckpt.rank_state:
+            if ckpt.rank_state.get("world") == world:
+                pstate.length_gen.load_state_dict(ckpt.rank_state["length_gen"], device)
+            elif is_main:
+                log(f"world size changed ({ckpt.rank_state.get('world')} -> {world}): the [lengthgen] carried "
+                    "state starts again from the configured initial state")
         if is_main:
             log(f"resumed from {resume_from} at step {step}")
     if is_main:
@@ -115,7 +121,9 @@ def train(cfg: Config, log=print) -> TrainResult:
 
     def save(at_step: int) -> None:
         t_save = time.perf_counter()
-        ckpt.save(at_step, model, optimizer, {"step": at_step, "data": loader.state_dict()}, config_toml)
+        rank_state = ({"world": world, "length_gen": pstate.length_gen.state_dict()}
+                      if pstate.length_gen is not None else None)
+        ckpt.save(at_step, model, optimizer, {"step": at_step, "data": loader.state_dict()}, config_toml, rank_state)
         stop.observe_save(time.perf_counter() - t_save)   # the time limit keeps room for the final save
 
     peak = peak_flops(device)
