@@ -123,7 +123,7 @@ class ShardLoader:
 
     def state_dict(self) -> dict:
         return {"source": "shards", "packing": self.packing, "seed": self.seed, **self.state,
-                "skipped_corrupt": self.skipped_documents}
+                "skipped_corrupt": self.skipped_documents, "skipped_events": dict(self.skipped)}
 
     def load_state_dict(self, state: dict) -> None:
         for key, want in (("source", "shards"), ("packing", self.packing), ("seed", self.seed)):
@@ -132,4 +132,6 @@ class ShardLoader:
                                  f"{want!r}; resume with the same data settings")
         fresh = self.plan.initial_state()
         self.state = {k: state[k] for k in fresh}
+        # corrupt-data events seen before the checkpoint keep counting (each event once)
+        self.skipped = {**{str(k): int(v) for k, v in state.get("skipped_events", {}).items()}, **self.skipped}
         self.close()

@@ -79,6 +79,24 @@ def test_corrupt_sample_mid_run_is_masked_and_counted_once(shards, workers):
     assert masked_tokens >= int(ld.corpus.written_lengths[1][1]) - 1
 
 
+def test_skipped_count_survives_a_resume(shards):
+    """The skipped-document count is part of the loader state: a resumed loader reports the
+    documents skipped before the checkpoint, and meeting the same bad sample again adds nothing."""
+    m = read_manifest(shards)
+    corrupt_sample(shards / m.shards[1].name, 1)
+    ld, _ = loader(shards, skip_corrupt=True)
+    for _ in range(epoch_steps(ld)):
+        ld.next_batch()
+    state = ld.state_dict()
+    assert state["skipped_corrupt"] == 1
+    resumed, logs = loader(shards, skip_corrupt=True)
+    resumed.load_state_dict(state)
+    assert resumed.skipped_documents == 1
+    for _ in range(epoch_steps(resumed)):
+        resumed.next_batch()
+    assert resumed.state_dict()["skipped_corrupt"] == 1 and not logs
+
+
 def test_manifest_mismatch_is_an_error_at_start(shards):
     m = read_manifest(shards)
     (shards / m.shards[-1].name).unlink()
