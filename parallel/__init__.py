@@ -69,8 +69,6 @@ def apply_data_parallel(model: nn.Module, pstate, cfg, device: torch.device) -> 
     if dims.dp * dims.sp == 1:
         return model
     if engine == "fsdp":
-        if dims.pp > 1:
-            raise LayoutError("parallel.engine='fsdp' does not combine with parallel.pp > 1; use engine='ddp'")
         bf16 = device.type == "cuda" and cfg.train.dtype in ("auto", "bfloat16")
         return apply_fsdp(model, pstate, device, torch.bfloat16 if bf16 else torch.float32)
     return apply_ddp(model, pstate, device)

@@ -100,11 +100,10 @@ def dp_mesh(pstate):
 
 
 def apply_fsdp(model: nn.Module, pstate, device: torch.device, param_dtype: torch.dtype) -> nn.Module:
-    """fully_shard each block, then the root (embedding, final norm, head)."""
+    """fully_shard each block, then the root (embedding, final norm, head); under pipeline
+    parallelism each stage's embedding and output head instead (see below)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    if pstate.dims.pp > 1:
-        raise NotImplementedError("FSDP2 with pipeline stages is not supported; use parallel.engine=ddp with pp > 1")
     mesh = dp_mesh(pstate)
     mp = None
     if device.type == "cuda" and param_dtype != torch.float32:
@@ -114,5 +113,13 @@ def apply_fsdp(model: nn.Module, pstate, device: torch.device, param_dtype: torc
         kwargs["mp_policy"] = mp
     for block in model.layers:
         fully_shard(block, **kwargs)
+    if pstate.pipeline is not None:
+        # pipeline stages call the blocks, the embedding and the output head themselves, never
+        # PipelineModel.forward: each is its own FSDP unit, gathered around its own forward
+        if model.has_first:
+            fully_shard(model.embed, **kwargs)
+        if model.has_last:
+            fully_shard(model.output_head, **kwargs)
+        return model
     fully_shard(model, **kwargs)
     return model

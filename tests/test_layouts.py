@@ -2,7 +2,8 @@
 one step (fp32, random init), and 20 training steps' losses within 1e-5.
 
 Layouts: tp2, pp2 under each schedule, FSDP2 dp2, and on 4 ranks dp2×tp2, tp2×pp2, tp4,
-FSDP2×tp2, sp2×tp2 (when sequence parallelism is present); architectures: Transformer
+FSDP2×tp2, FSDP2 dp2×pp2 (each schedule; tied and untied head), sp2×tp2 (when sequence
+parallelism is present); architectures: Transformer
 (with sliding window), Mamba-2, Griffin, and a hybrid. DeepSpeed is in test_deepspeed.py.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pytest
 import torch
 from test_layouts_helpers import (
     assert_grads_close,
+    dp_sharded_names,
     one_step_grads,
     reference_config,
     sp_available,
@@ -31,6 +33,7 @@ LAYOUTS_4 = {
     "dp2-tp2": dict(dp=2, tp=2),
     "tp2-pp2": dict(tp=2, pp=2),
     "sp2-tp2": dict(sp=2, tp=2),
+    "fsdp-dp2-pp2": dict(engine="fsdp", pp=2),
 }
 _refs: dict = {}
 
@@ -79,6 +82,28 @@ def test_tp_splits_mamba2_groups(pool2):
     assert_grads_close(grads, ref[1])
 
 
+@pytest.mark.parametrize("schedule", ["gpipe", "interleaved_1f1b"])
+def test_fsdp_with_pipeline_schedules(pool4, schedule):
+    check_one_step(pool4, "M-*-R-", dict(engine="fsdp", pp=2, pp_schedule=schedule))
+
+
+def _untied(cfg):
+    cfg.model.tie_embeddings = False
+    return cfg
+
+
+def test_fsdp_with_pipeline_untied_head(pool4):
+    """The last stage's own head weight is gathered by its output-head FSDP unit."""
+    ref_loss, ref_grads = one_step_grads(0, 1, _untied(reference_config("M-*-R-", 2)))
+    loss, grads = pool4.run(one_step_grads, _untied(tiny_config("M-*-R-", engine="fsdp", pp=2)))[0]
+    assert abs(loss - ref_loss) < 1e-5
+    assert_grads_close(grads, ref_grads)
+    # and FSDP really shards every parameter of every stage over dp
+    for sharded, names in pool4.run(dp_sharded_names, _untied(tiny_config("M-*-R-", engine="fsdp", pp=2))):
+        assert names and sharded == names
+        assert any(n.startswith("lm_head") for n in names) or any(n.startswith("embed") for n in names)
+
+
 def _with_groups(cfg):
     cfg.model.ssm_ngroups = 2
     return cfg
@@ -87,7 +112,8 @@ def _with_groups(cfg):
 TRAIN_LAYOUTS = {
     2: {"tp2": dict(tp=2), "pp2-1f1b": dict(pp=2), "pp2-interleaved": dict(pp=2, pp_schedule="interleaved_1f1b"),
         "fsdp-dp2": dict(engine="fsdp")},
-    4: {"dp2-tp2": dict(dp=2, tp=2), "tp2-pp2": dict(tp=2, pp=2), "sp2-tp2": dict(sp=2, tp=2)},
+    4: {"dp2-tp2": dict(dp=2, tp=2), "tp2-pp2": dict(tp=2, pp=2), "sp2-tp2": dict(sp=2, tp=2),
+        "fsdp-dp2-pp2": dict(engine="fsdp", pp=2)},
 }
 
 

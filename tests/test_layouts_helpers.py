@@ -114,3 +114,20 @@ def assert_grads_close(grads: dict, ref: dict, atol: float = 2e-6, rtol: float =
     assert set(grads) == set(ref), set(grads) ^ set(ref)
     for name, g in grads.items():
         torch.testing.assert_close(g, ref[name], atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def dp_sharded_names(rank, world, cfg) -> tuple[list[str], list[str]]:
+    """(names of this rank's parameters sharded over the dp mesh dimension, all names)."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    import models
+    from parallel import parallelize
+    from parallel.layout import setup_parallel
+
+    device = torch.device("cpu")
+    pstate = setup_parallel(cfg, device)
+    model = parallelize(models.build(cfg.model), pstate, cfg, device)
+    sharded = [n for n, p in model.named_parameters() if isinstance(p, DTensor)
+               and any(isinstance(pl, Shard) and p.device_mesh.mesh_dim_names[i] in ("dp", "dp_sp")
+                       for i, pl in enumerate(p.placements))]
+    return sharded, [n for n, _ in model.named_parameters()]

@@ -77,6 +77,12 @@ def test_fsdp_dp2_to_ddp_tp2(pool2, tmp_path):
     check(resume_under(pool2, tmp_path, ckpt, 4, tp=2), 4)
 
 
+def test_fsdp_dp2_pp2_to_one_process_and_back(pool4, tmp_path):
+    ckpt = save_under(pool4, tmp_path, 2, engine="fsdp", pp=2)
+    check(resume_under(None, tmp_path, ckpt, 4), 4)
+    check(resume_under(pool4, tmp_path, ckpt, 2, engine="fsdp", pp=2, pp_schedule="interleaved_1f1b"), 4)
+
+
 def test_pp2_to_pp2_same_layout(pool2, tmp_path):
     # a pipeline stage's optimizer groups hold only its own parameters (flattened per name)
     ckpt = save_under(pool2, tmp_path, 4, pp=2)

@@ -29,6 +29,21 @@ class LayerDict(nn.ModuleDict):
         return iter(self.values())
 
 
+class OutputHead(nn.Module):
+    """The last stage's final norm and vocabulary projection as one module, so that FSDP2 can
+    gather their weights around one forward (with tied embeddings `proj` is the embedding,
+    whose weight is the head). Held outside PipelineModel's registered children: parameter
+    names stay `norm.weight`, `lm_head.weight` / `embed.weight` as on one process."""
+
+    def __init__(self, owner: PipelineModel, norm: nn.Module, proj: nn.Module):
+        super().__init__()
+        self.norm, self.proj = norm, proj
+        self._owner = [owner]          # head_weight(): the local vocab shard under tensor parallel
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(self.norm(h), self._owner[0].head_weight())
+
+
 class PipelineModel(nn.Module):
     def __init__(self, full: nn.Module, layer_ids: list[int], first: bool, last: bool):
         super().__init__()
@@ -40,6 +55,11 @@ class PipelineModel(nn.Module):
         self.norm = full.norm if last else None
         self.lm_head = full.lm_head if last else None
         self.has_first, self.has_last, self.tied = first, last, tied
+        self._output = [OutputHead(self, self.norm, self.embed if tied else self.lm_head)] if last else []
+
+    @property
+    def output_head(self) -> OutputHead:
+        return self._output[0]
 
     def no_weight_decay_names(self) -> set[str]:
         return {n for n, p in self.named_parameters()
@@ -69,6 +89,5 @@ class StageChunk(nn.Module):
         for i in self.ids:
             h = owner.layers[i](h, ctx)
         if self.last:
-            h = owner.norm(h)
-            h = nn.functional.linear(h, owner.head_weight())
+            h = owner.output_head(h)
         return h
