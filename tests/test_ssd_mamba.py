@@ -76,6 +76,20 @@ def test_mamba_path_matches_reference(interpreted_mamba, b, t, h, g, chunk):
         assert ((u.double() - r).norm() / r.norm()).item() < 1e-5, name
 
 
+def test_mamba_gating_and_dt_bias_match_reference(interpreted_mamba):
+    """mamba-ssm does z gating and softplus(dt + dt_bias) in its kernels; our reference does them
+    around the recurrence (kernels/ssd/gating.py): the two must agree, gradients included."""
+    from test_ssd_gating import NAMES as GATED
+    from test_ssd_gating import gated_grads, gated_inputs
+
+    ins, doc, w = gated_inputs(2, 45, 4, 2, 16, 16, seed=9)
+    ref = gated_grads(ssd_reference, torch.float64, ins, doc, w)
+    got = gated_grads(lambda *a, **k: mamba_mod.ssd_mamba(*a, chunk_size=16, **k), torch.float32, ins, doc, w)
+    for name, u, r in zip(GATED, got, ref):
+        assert torch.isfinite(u).all(), name
+        assert ((u.double() - r).norm() / r.norm()).item() < 1e-5, name
+
+
 def test_auto_mode_routes_long_cuda_inputs_to_mamba(monkeypatch):
     """With mamba-ssm present and CUDA inputs (faked), auto picks it from the threshold up only;
     forced modes never pick it; without it the choice is unchanged."""
@@ -99,7 +113,8 @@ def test_ssd_calls_mamba_with_segments_as_seq_idx(monkeypatch):
     """The dispatcher hands mamba-ssm our segment ids as seq_idx and its default chunk."""
     seen = {}
 
-    def fake(x, dt, A, B, C, chunk, *, D, initial_states, seq_idx, return_final_states):
+    def fake(x, dt, A, B, C, chunk, *, D, initial_states, seq_idx, return_final_states, z, dt_bias,
+             dt_softplus):
         seen.update(chunk=chunk, seq_idx=seq_idx, h0=initial_states, D=D)
         return x * 2, torch.ones(x.shape[0], x.shape[2], x.shape[3], B.shape[3], dtype=torch.bfloat16)
 

@@ -46,9 +46,14 @@ def ssd(
     doc_ids: torch.Tensor | None = None,
     return_final_state: bool = False,
     chunk_size: int = 64,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
 ):
-    """y [b,t,h,p] (and the final state [b,h,p,n]); the fastest available path."""
-    kwargs = dict(D=D, initial_state=initial_state, doc_ids=doc_ids, return_final_state=return_final_state)
+    """y [b,t,h,p] (and the final state [b,h,p,n]); the fastest available path. z, dt_bias and
+    dt_softplus are mamba-ssm's optional gating and Δ = softplus(dt + dt_bias) (gating.py)."""
+    kwargs = dict(D=D, initial_state=initial_state, doc_ids=doc_ids, return_final_state=return_final_state,
+                  z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
     path = select_ssd_path(x, chunk_size)
     if path == "reference":
         return ssd_reference(x, dt, A, B, C, **kwargs)

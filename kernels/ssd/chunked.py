@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.segments import compute_dtype, segment_ids
+from kernels.ssd.gating import with_gating
 
 
 def chunk_decay_matrix(a_cum: torch.Tensor) -> torch.Tensor:
@@ -31,6 +32,7 @@ def chunk_decay_matrix(a_cum: torch.Tensor) -> torch.Tensor:
     return torch.exp(diff.masked_fill(~causal, float("-inf")))
 
 
+@with_gating
 def ssd_chunked(
     x: torch.Tensor,
     dt: torch.Tensor,

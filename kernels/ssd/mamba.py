@@ -9,7 +9,8 @@ with MAMBA_SKIP_CUDA_BUILD=TRUE serves; that build lacks the CUDA extension that
 Contract mapping: our document segments (kernels/segments.py: 0 at token 0, +1 at every
 boundary) are exactly mamba-ssm's `seq_idx`: the state resets where seq_idx changes and the
 initial state seeds segment 0 only, as in kernels/ssd/reference.py. dt is already positive
-(no softplus, no bias); D is per head; the final state comes back in fp32.
+unless dt_bias / dt_softplus say otherwise (kernels/ssd/gating.py, here done by mamba-ssm's own
+kernels, as is z gating); D is per head; the final state comes back in fp32.
 """
 from __future__ import annotations
 
@@ -78,6 +79,9 @@ def ssd_mamba(
     doc_ids: torch.Tensor | None = None,
     return_final_state: bool = False,
     chunk_size: int = MAMBA_CHUNK,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
 ):
     """y [b,t,h,p] in x.dtype (and the final state [b,h,p,n] fp32) through mamba-ssm, whose chunk
     is chunk_size rounded up to a power of two ≥ 16 (the dispatcher keeps MAMBA_CHUNK; the
@@ -87,7 +91,7 @@ def ssd_mamba(
         raise RuntimeError("ssd: mamba-ssm is not importable; install it (pip install longweave[gpu]) "
                            "or set LONGWEAVE_KERNELS=triton")
     b, t, h, p = x.shape
-    if t == 0:
+    if t == 0:   # mamba-ssm's kernels need at least one token
         y = x.new_zeros(b, 0, h, p)
         final = (initial_state.float() if initial_state is not None
                  else torch.zeros(b, h, p, B.shape[3], device=x.device, dtype=torch.float32))
@@ -97,6 +101,7 @@ def ssd_mamba(
     y, final = fn(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), chunk,
                   D=D.contiguous() if D is not None else None,
                   initial_states=initial_state.contiguous() if initial_state is not None else None,
-                  seq_idx=seq_idx, return_final_states=True)
+                  seq_idx=seq_idx, return_final_states=True, z=z.contiguous() if z is not None else None,
+                  dt_bias=dt_bias.contiguous() if dt_bias is not None else None, dt_softplus=dt_softplus)
     final = final.float()
     return (y, final) if return_final_state else y

@@ -4,7 +4,9 @@ Layout (mamba-ssm's): x [b,t,h,p], dt [b,t,h] (already softplus'ed), A [h] (< 0)
 B and C [b,t,g,n] with head i reading group i // (h // g), D [h], state [b,h,p,n].
     H_t = exp(dt_t·A)·H_{t-1} + dt_t · x_t ⊗ B_t,      y_t = C_t·H_t + D·x_t
 At a document boundary (doc_ids[:, t] != doc_ids[:, t-1]) H_{t-1} is treated as 0;
-initial_state is the state before token 0 and always seeds token 0.
+initial_state is the state before token 0 and always seeds token 0. Optional, as in mamba-ssm
+(kernels/ssd/gating.py, shared by every path): dt_bias and dt_softplus make Δ = softplus(dt +
+dt_bias), and z gates the output, y ⊙ silu(z).
 Slow (one step per token), obviously correct; every fast path is tested against it.
 """
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import torch
 
 from kernels.segments import compute_dtype, reset_mask
+from kernels.ssd.gating import with_gating
 
 
+@with_gating
 def ssd_reference(
     x: torch.Tensor,
     dt: torch.Tensor,

@@ -19,6 +19,7 @@ from kernels.dispatch import empty_output
 from kernels.segments import segment_ids
 from kernels.ssd import triton_bwd as bwd
 from kernels.ssd import triton_fwd as fwd
+from kernels.ssd.gating import with_gating
 
 STATE_BLOCK = 256
 
@@ -97,6 +98,7 @@ class _TritonSSD(torch.autograd.Function):
         return dx, ddt, dA, dB, dC, dD, dh0, None, None
 
 
+@with_gating
 def ssd_triton(
     x: torch.Tensor,
     dt: torch.Tensor,
