@@ -70,7 +70,12 @@ class HFTokenizer:
         except ImportError:
             raise TokenizerError(f"tokenizer 'hf:{path}' needs transformers; "
                                  "pip install transformers (or longweave[tokenizers])") from None
-        self._tok = AutoTokenizer.from_pretrained(path)
+        try:
+            self._tok = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e:   # not a directory / hub name, or no tokenizer files in it
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TokenizerError(f"could not load Hugging Face tokenizer {path!r} ({first}); give a local "
+                                 "directory holding tokenizer files or a hub name reachable from here") from None
         if self._tok.eos_token_id is None:
             raise TokenizerError(f"Hugging Face tokenizer {path!r} has no eos token; pick one that defines it")
         self.name = f"hf:{path}"

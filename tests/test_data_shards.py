@@ -98,12 +98,14 @@ def test_refuses_to_overwrite_and_large_vocab_dtype(tmp_path):
         ShardWriter(tmp_path / "small", "uint16", 10).add(np.array([70000]))
 
 
-def test_optional_tokenizers_say_what_to_install():
+def test_optional_tokenizers_say_what_to_install(monkeypatch):
+    import sys
+
     for spec, pkg in (("tiktoken:gpt2", "tiktoken"), ("hf:gpt2", "transformers")):
-        try:
+        monkeypatch.setitem(sys.modules, pkg, None)          # as if not installed: import fails
+        with pytest.raises(TokenizerError) as e:
             get_tokenizer(spec)
-        except TokenizerError as e:
-            assert pkg in str(e) and "pip install" in str(e)
+        assert pkg in str(e.value) and "pip install" in str(e.value)
     with pytest.raises(TokenizerError, match="byte, tiktoken:NAME or hf:PATH"):
         get_tokenizer("sentencepiece")
     assert prepare_main(["--input", "x", "--output", "/nonexistent-lw", "--tokenizer", "bogus", "--quiet"]) == 2
@@ -134,3 +136,40 @@ def test_tiktoken_path_appends_end_token_and_writes_uint32(tmp_path, monkeypatch
     assert (m.tokenizer, m.vocab_size, m.eos, m.dtype) == ("tiktoken:fake", 70_000, 69_999, "uint32")
     (doc,) = all_docs(tmp_path / "out")
     assert tok.decode(doc[:-1]) == "hello" and doc[-1] == 69_999
+
+
+def _local_hf_tokenizer(directory) -> str:
+    """A tiny byte-level BPE tokenizer trained here and saved as a transformers tokenizer dir."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token=None))
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 50, trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
+    fast.save_pretrained(directory)
+    return str(directory)
+
+
+def test_hf_tokenizer_from_a_local_directory(tmp_path):
+    path = _local_hf_tokenizer(tmp_path / "tok")
+    tok = get_tokenizer(f"hf:{path}")
+    ids = tok.encode_document("the lazy fox")
+    assert ids[-1] == tok.eos and tok.decode(ids[:-1]) == "the lazy fox" and len(ids) < len("the lazy fox")
+    (tmp_path / "a.txt").write_text("the quick dog")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "over the fox"}) + "\n")
+    assert prepare_main(["--input", str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl"), "--output",
+                         str(tmp_path / "out"), "--tokenizer", f"hf:{path}", "--quiet"]) == 0
+    m = read_manifest(tmp_path / "out")
+    assert (m.tokenizer, m.vocab_size, m.eos, m.dtype) == (f"hf:{path}", tok.vocab_size, tok.eos, "uint16")
+    assert sorted(tok.decode(d[:-1]) for d in all_docs(tmp_path / "out")) == ["over the fox", "the quick dog"]
+
+
+def test_hf_tokenizer_bad_directory_is_one_line(tmp_path):
+    pytest.importorskip("transformers")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TokenizerError, match="could not load Hugging Face tokenizer") as e:
+        get_tokenizer(f"hf:{tmp_path / 'empty'}")
+    assert "\n" not in str(e.value)
