@@ -56,6 +56,15 @@ class DataConfig:
     dd_min_len: int = 64
     dd_max_len: int = 0               # 0 = data.seq_len
     dd_order: str = choice("uniform", "grow_linear", "grow_p2", "grow_p100", "shrink")
+    # the synthetic corpus: "classic" (min/max_doc_chars) or "sized" (data/tasks/corpus.py): lengths relative
+    # to the row length, a share fit_fraction never cut by a row, a share task_mix RULER-style task documents
+    corpus: str = choice("classic", "sized")
+    task_mix: float = 0.5
+    tasks: list[str] = field(default_factory=lambda: ["passkey", "niah_multikey", "niah_multivalue",
+                                                      "niah_multiquery", "vt", "cwe", "copy"])
+    task_weights: list[float] = field(default_factory=list)   # one per data.tasks (empty = equal)
+    fit_fraction: float = 0.75
+    long_max: float = 4.0             # documents that do not fit are 1..long_max × the row length
 
 
 @dataclass
