@@ -18,6 +18,21 @@ class ModelConfig:
     n_kv_heads: int = 0              # 0 = same as n_heads (MHA); 1 = MQA; otherwise GQA
     head_dim: int = 0                # 0 = d_model // n_heads
     rope_theta: float = 10000.0
+    # RoPE scaling for context extension (models/rope.py; maps to/from a Hugging Face rope_scaling dict)
+    rope_scaling: str = "none"       # none | linear | ntk | dynamic | yarn | llama3 | truncated
+    rope_factor: float = 1.0         # s: the context-extension factor
+    rope_original_max_len: int = 0   # L0: the pretrained context (dynamic, yarn, llama3)
+    rope_beta_fast: float = 32.0     # yarn: channels turning more than this often in L0 keep f_i
+    rope_beta_slow: float = 1.0      # yarn: channels turning less than this often use f_i / s
+    rope_yarn_attn_factor: float = 0.0   # yarn: cos/sin multiplier (0 = 0.1·ln(s) + 1)
+    rope_yarn_truncate: bool = True  # yarn: round the ramp's ends to whole channels (transformers' default)
+    rope_low_freq_factor: float = 1.0    # llama3: wavelengths above L0 / this are divided by s
+    rope_high_freq_factor: float = 4.0   # llama3: wavelengths below L0 / this are kept
+    rope_trunc_a: float = 0.0        # truncated: frequencies <= a become 0
+    rope_trunc_b: float = 0.0        # truncated: frequencies in (a, b) become rho; >= b are kept
+    rope_trunc_rho: float = 0.0
+    rope_fraction: float = 1.0       # share of each head's channels that rotate (partial RoPE)
+    max_position_embeddings: int = 0     # the context the model is meant for (Hugging Face configs; 0 = unset)
     window: int = 256                # sliding window (tokens) for W layers
     # MLP (-)
     mlp_type: str = "swiglu"         # swiglu | geglu
@@ -79,6 +94,9 @@ class ModelConfig:
             )
         if self.attn_head_dim % 2:
             raise ValueError(f"attention head dim {self.attn_head_dim} must be even for RoPE")
+        from models.rope import validate_rope
+
+        validate_rope(self)
         if self.mlp_type not in ("swiglu", "geglu"):
             raise ValueError(f"model.mlp_type={self.mlp_type!r} must be 'swiglu' or 'geglu'")
         if self.window <= 0:
