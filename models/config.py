@@ -29,6 +29,21 @@ class ModelConfig:
     n_kv_heads: int = opt(0, "key/value heads: 0 = n_heads (MHA), 1 = MQA, otherwise GQA")
     head_dim: int = opt(0, "attention head dimension (0 = d_model // n_heads)")
     rope_theta: float = opt(10000.0, "RoPE base frequency")
+    # RoPE scaling for context extension (models/rope.py; maps to/from a Hugging Face rope_scaling dict)
+    rope_scaling: str = opt("none", "none | linear | ntk | dynamic | yarn | llama3 | truncated")
+    rope_factor: float = opt(1.0, "RoPE scaling: s, the context-extension factor")
+    rope_original_max_len: int = opt(0, "L0: the pretrained context (dynamic, yarn, llama3)")
+    rope_beta_fast: float = opt(32.0, "yarn: channels turning more than this often in L0 keep f_i")
+    rope_beta_slow: float = opt(1.0, "yarn: channels turning less than this often use f_i / s")
+    rope_yarn_attn_factor: float = opt(0.0, "yarn: cos/sin multiplier (0 = 0.1·ln(s) + 1)")
+    rope_yarn_truncate: bool = opt(True, "yarn: round the ramp's ends to whole channels (transformers' default)")
+    rope_low_freq_factor: float = opt(1.0, "llama3: wavelengths above L0 / this are divided by s")
+    rope_high_freq_factor: float = opt(4.0, "llama3: wavelengths below L0 / this are kept")
+    rope_trunc_a: float = opt(0.0, "truncated: frequencies <= a become 0")
+    rope_trunc_b: float = opt(0.0, "truncated: frequencies in (a, b) become rho; >= b are kept")
+    rope_trunc_rho: float = opt(0.0, "truncated: the value rho that frequencies in (a, b) become")
+    rope_fraction: float = opt(1.0, "share of each head's channels that rotate (partial RoPE)")
+    max_position_embeddings: int = opt(0, "the context the model is meant for (Hugging Face configs; 0 = unset)")
     window: int = opt(256, "sliding window (tokens) for W layers")
     # MLP (-)
     mlp_type: str = opt("swiglu", "MLP gating: swiglu | geglu")
@@ -90,6 +105,9 @@ class ModelConfig:
             )
         if self.attn_head_dim % 2:
             raise ValueError(f"attention head dim {self.attn_head_dim} must be even for RoPE")
+        from models.rope import validate_rope
+
+        validate_rope(self)
         if self.mlp_type not in ("swiglu", "geglu"):
             raise ValueError(f"model.mlp_type={self.mlp_type!r} must be 'swiglu' or 'geglu'")
         if self.window <= 0:
