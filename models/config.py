@@ -34,9 +34,12 @@ class ModelConfig:
     rope_fraction: float = 1.0       # share of each head's channels that rotate (partial RoPE)
     max_position_embeddings: int = 0     # the context the model is meant for (Hugging Face configs; 0 = unset)
     window: int = 256                # sliding window (tokens) for W layers
+    attn_qkv_bias: bool = False      # biases on the q/k/v projections (Qwen2, Llama attention_bias)
+    attn_out_bias: bool = False      # bias on the attention output projection
     # MLP (-)
     mlp_type: str = "swiglu"         # swiglu | geglu
     mlp_hidden: int = 0              # 0 = round(8/3 * d_model) up to a multiple of 64
+    mlp_bias: bool = False           # biases on the MLP's three linears
     # Mamba-2 (M)
     d_state: int = 64
     ssm_headdim: int = 32
