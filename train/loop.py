@@ -100,7 +100,8 @@ def train(cfg: Config, log=print) -> TrainResult:
     if resume_from is not None:
         state = ckpt.load(resume_from, model, optimizer)
         step = int(state["step"])
-        loader.load_state_dict(state["data"])
+        if state.get("data") is not None:      # None: an imported model's step-0 checkpoint
+            loader.load_state_dict(state["data"])
         if pstate.length_gen is not None and "length_gen" in ckpt.rank_state:
             if ckpt.rank_state.get("world") == world:
                 pstate.length_gen.load_state_dict(ckpt.rank_state["length_gen"], device)
