@@ -135,9 +135,31 @@ class Checkpointer:
         for stale in self.dir.glob(".tmp-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
+    def save_initial(self, model, config_toml: str, source: str) -> Path:
+        """A step-0 checkpoint of model weights only (an imported model, train/convert.py): the
+        optimizer, data position and RNG start fresh when a run resumes from it."""
+        final, tmp = self.dir / f"step-{0:07d}", self.dir / f".tmp-step-{0:07d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=str(tmp))
+        (tmp / "config.toml").write_text(config_toml)
+        write_json_synced(tmp / "train_state.json", {"step": 0, "data": None, "weights_only": True, "source": source})
+        os.replace(tmp, final)
+        fsync_dir(self.dir)
+        return final
+
     def load(self, path: Path, model, optimizer) -> dict:
         """Load model, optimizer and this rank's RNG from `path`; returns the train state. This
-        rank's extra state (save's rank_state) is left in self.rank_state ({} if there is none)."""
+        rank's extra state (save's rank_state) is left in self.rank_state ({} if there is none).
+        A weights-only checkpoint (save_initial) loads the model and leaves the rest fresh."""
+        train_state = json.loads((path / "train_state.json").read_text())
+        self.rank_state = {}
+        if train_state.get("weights_only"):
+            if is_deepspeed(model):
+                raise NotImplementedError("resuming an imported (weights-only) checkpoint under DeepSpeed is not "
+                                          "supported; use parallel.engine=ddp or fsdp")
+            load_model_weights(path, model)
+            return train_state
         if is_deepspeed(model):
             load_deepspeed(model, path)
         else:

@@ -100,7 +100,8 @@ def train(cfg: Config, log=print) -> TrainResult:
     if resume_from is not None:
         state = ckpt.load(resume_from, model, optimizer)
         step = int(state["step"])
-        loader.load_state_dict(state["data"])
+        if state.get("data") is not None:      # None: an imported model's step-0 checkpoint
+            loader.load_state_dict(state["data"])
         if pstate.length_gen is not None and "length_gen" in ckpt.rank_state:
             if ckpt.rank_state.get("world") == world:
                 pstate.length_gen.load_state_dict(ckpt.rank_state["length_gen"], device)
@@ -115,6 +116,10 @@ def train(cfg: Config, log=print) -> TrainResult:
     tb = TensorBoardLogger(run_dir, cfg.metrics.tensorboard and is_main)
     step_log = StepLog(run_dir, is_main)
     tb.text("config", "```\n" + config_toml + "\n```", step)
+    if is_main and hasattr(loader, "describe"):     # a mixture: each source's share and length histogram
+        mix = "\n".join(loader.describe())
+        log(mix)
+        tb.text("data/mix", "```\n" + mix + "\n```", step)
     if is_main:
         log(f"model: {cfg.model.pattern}  params {n_params / 1e6:.2f}M  {flops_tok / 1e6:.1f} MFLOP/token  "
             f"world {world} (dp {dims.dp})  device {device.type}")
@@ -171,6 +176,7 @@ def train(cfg: Config, log=print) -> TrainResult:
                 "perf/max_memory_gb": max_memory_gb(device),
                 "data/seq_len": seq_len, "data/batch_size": batch_rows,
                 "data/skipped_corrupt": getattr(loader, "skipped_documents", None),   # data.skip_corrupt
+                **getattr(loader, "tb_scalars", dict)(),   # a mixture's tokens per source so far
             })
             if cfg.metrics.state_norms:  # recurrent (M, R) final-state norms: the state-collapse watch
                 norms = getattr(getattr(model, "module", model), "last_state_norms", None) or {}
