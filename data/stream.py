@@ -114,7 +114,8 @@ class PlanLoader:
         for key, want in (("source", self.source), ("packing", self.packing), ("seed", self.seed)):
             if state.get(key) != want:
                 raise DataError(f"checkpoint's data state has {key}={state.get(key)!r} but this run uses "
-                                 f"{want!r}; resume with the same data settings")
+                                 f"{want!r}; resume with the same data settings, or train in a new run directory "
+                                 "(--train.run_dir=runs/NEW)")
         fresh = self.plan.initial_state()
         self.state = {k: state[k] for k in fresh}
         # corrupt-data events seen before the checkpoint keep counting (each event once)

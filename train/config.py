@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
+import shlex
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -264,14 +266,19 @@ def set_key(cfg: Config, key: str, raw, from_cli: bool = False) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the TOML file, then `--section.key=value` / `--section.key value` overrides."""
+    """Defaults, then the TOML file, then `--section.key=value` / `--section.key value` overrides, then
+    those in the LONGWEAVE_OVERRIDES environment variable (the README test shrinks every run with it)."""
     cfg = Config()
     if path is not None:
+        from train.assets import recipe_names, resolve_config_path
+
+        path = resolve_config_path(path)
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found; pass an existing TOML file to --config") from None
+            raise ConfigError(f"config file {path} not found; pass an existing TOML file or a recipe name "
+                              f"({', '.join(recipe_names())}) to --config") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         for sec, values in data.items():
@@ -279,7 +286,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"unknown config key '{sec}' (nearest valid key: '{nearest(sec, cfg)}')")
             for k, v in values.items():
                 set_key(cfg, f"{sec}.{k}", v)
-    args = list(overrides or [])
+    args = [*(overrides or []), *shlex.split(os.environ.get("LONGWEAVE_OVERRIDES", ""))]
     i = 0
     while i < len(args):
         a = args[i]
