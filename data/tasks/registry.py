@@ -25,12 +25,15 @@ class Task:
         return s
 
     def document(self, tok, length: int, seed: int, depth: float | None = None) -> list[int]:
-        """A training document of at most `length` tokens: prompt + completion + end token."""
+        """A training document of `length` tokens (more only when its fixed parts need it): prompt +
+        completion + end token."""
         rng0 = random.Random(seed)
         depth = rng0.random() if depth is None else depth
-        probe = self.build(random.Random(seed), tok, length, depth)   # same rng → same answers and needles
+        # same rng → same answers and needles; the probe's extra room makes it buildable at any length
+        probe = self.build(random.Random(seed), tok, length + 1024, depth)
         tail = text_ids(tok, probe.completion) + [int(tok.eos)]
-        s = self.build(random.Random(seed), tok, length - len(tail), depth)
+        body = max(length - len(tail), probe.fixed_tokens)      # never below the fixed parts
+        s = self.build(random.Random(seed), tok, body, depth)
         return s.prompt_ids + tail
 
     def score(self, generated: str, sample: Sample) -> float:

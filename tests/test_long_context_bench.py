@@ -1,0 +1,31 @@
+"""benchmarks/long_context.py --quick runs every path (recipes, RoPE scalings, mitigations,
+interventions, the collapse experiment) and writes its tables; its figures mean nothing."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_mode_runs_every_part(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import long_context
+
+    assert long_context.main(["--quick", "--stacks", "transformer,mamba2,hawk,hybrid", "--out", str(tmp_path / "out"),
+                              "--runs", str(tmp_path / "runs")]) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["stack"] for r in res["a"]] == ["transformer", "mamba2", "hawk", "hybrid"]
+    assert all(0.0 <= r["passkey_1T"] <= 1.0 and 0.0 <= r["multikey_1T"] <= 1.0 for r in res["a"])
+    methods = {(r["stack"], r["method"]) for r in res["b"]}
+    for m in ("none", "PI (linear)", "NTK-aware", "YaRN", "truncated (Giraffe)"):
+        assert ("transformer", m) in methods
+    for stack in ("mamba2", "hawk"):
+        for m in ("mitigation: forget more λ=2", "mitigation: window w=T", "post-training: noise init",
+                  "post-training: state passing", "post-training: TBPTT"):
+            assert (stack, m) in methods
+    assert res["c"] and all("ranges" in r for r in res["c"])
+    out = capsys.readouterr().out
+    assert "| stack | steps | train s | passkey 1T | multi-key 1T |" in out and "| transformer | YaRN |" in out
+    assert (tmp_path / "out" / "a" / "transformer" / "passkey.png").is_file()
