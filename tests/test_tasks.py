@@ -170,3 +170,20 @@ def test_sized_loader_resumes_exactly_under_a_curriculum():
         x, y = a.next_batch(), b.next_batch()
         assert x.tokens.shape == y.tokens.shape and (x.tokens == y.tokens).all() and (x.labels == y.labels).all()
     assert x.tokens.shape[1] == 256
+
+
+@pytest.mark.parametrize("name", ["long-context-tiny", "long-context-mamba2-tiny", "long-context-hawk-tiny",
+                                  "long-context-hybrid-tiny"])
+def test_long_context_recipes_load_and_give_task_dense_rows(name):
+    from pathlib import Path
+
+    import models
+    from data.loader import build_loader
+    from train.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml")
+    assert cfg.data.corpus == "sized" and cfg.data.seq_len == 256
+    models.build(cfg.model)
+    loader = build_loader(cfg.data)
+    text = "".join(TOK.decode(row) for _ in range(4) for row in loader.next_batch().tokens.tolist())
+    assert text.count("What is the pass key?") >= 4 and "The code of" in text and "Again:" in text

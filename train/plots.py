@@ -73,7 +73,8 @@ def passkey_heatmap(accuracy: list[list[float]], lengths: list[int], depths: lis
     x = _train_length_boundary(lengths, train_len)
     if x is not None:
         ax.axvline(x, color="black", linestyle="--", linewidth=1.5)
-    ax.set_title(f"{title}\ntrain length T = {_fmt_len(train_len)} (dashed: beyond T)", fontsize=9)
+    note = " (dashed: beyond T)" if x is not None else ""
+    ax.set_title(f"{title}\ntrain length T = {_fmt_len(train_len)}{note}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.05, label="score")
     return _finish(fig, path)
 
