@@ -3,6 +3,7 @@
     python -m data.prepare --input corpus/ more.jsonl --output shards/ --tokenizer byte
     python -m data.prepare --synthetic 20000 --output shards/          # the embedded corpus
     python -m data.prepare --input corpus/ --output mega/ --format megatron   # mega/text_document.bin/.idx
+    python -m data.prepare --input-hf local_dataset/ --split train --field text --tokenizer hf:tok/ --output out/
     options: --tokenizer byte|tiktoken:NAME|hf:PATH  --shard-tokens N  --workers K
              --jsonl-field text  --seed S (synthetic)  --overwrite
 
@@ -114,6 +115,8 @@ def _tokenize(task: tuple) -> list[np.ndarray]:
         texts = [synthetic_document(seed, i, lo, hi) for i in range(start, stop)]
     else:
         texts = task[1]
+    if hasattr(_TOKENIZER, "encode_documents"):        # a fast tokenizer encodes the batch at once
+        return _TOKENIZER.encode_documents(texts)
     return [_TOKENIZER.encode_document(t) if t.strip() else np.empty(0, np.int64) for t in texts]
 
 
@@ -122,6 +125,12 @@ def make_tasks(args, skipped: Skipped) -> Iterator[tuple]:
         for start in range(0, args.synthetic, TASK_DOCS):
             yield ("synthetic", args.seed, start, min(args.synthetic, start + TASK_DOCS), args.min_chars,
                    args.max_chars)
+        return
+    if args.input_hf:                        # a local Hugging Face dataset, streamed in batches
+        from data.hf_input import hf_texts
+
+        for texts in hf_texts(args.input_hf, args.split, args.field, args.batch_docs, skipped):
+            yield ("text", texts)
         return
     batch: list[str] = []
     for text in iter_texts(find_inputs(args.input, skipped), args.jsonl_field, skipped):
@@ -179,8 +188,8 @@ def prepare(args) -> Manifest | np.ndarray:
     out = Path(args.output)
     if (out / MANIFEST).exists() and not args.overwrite:
         raise SystemExit(f"error: {out / MANIFEST} exists; pass --overwrite or choose another --output")
-    if not args.synthetic and not args.input:
-        raise SystemExit("error: give --input PATH... or --synthetic N")
+    if not args.synthetic and not args.input and not args.input_hf:
+        raise SystemExit("error: give --input PATH..., --input-hf PATH or --synthetic N")
     tokenizer = get_tokenizer(args.tokenizer)
     if args.format == "megatron":
         return prepare_megatron(args, tokenizer)
@@ -207,7 +216,7 @@ def prepare(args) -> Manifest | np.ndarray:
     manifest = Manifest(
         tokenizer.name, int(tokenizer.vocab_size), int(tokenizer.eos), dtype, shards, skipped.to_json(),
         {"args": sys.argv[1:] if args.argv is None else args.argv, "time": datetime.now(timezone.utc).isoformat(),
-         "inputs": args.input, "synthetic": args.synthetic, "seed": args.seed, "shard_tokens": args.shard_tokens,
+         "inputs": args.input or args.input_hf, "synthetic": args.synthetic, "seed": args.seed, "shard_tokens": args.shard_tokens,
          "workers": args.workers, "seconds": round(seconds, 3),
          "tokens_per_second": round(int(lengths.sum()) / max(seconds, 1e-9), 1)})
     manifest.write(out)
@@ -262,6 +271,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard before starting a new one")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     p.add_argument("--jsonl-field", default="text", help="field holding the text in .jsonl lines")
+    p.add_argument("--input-hf", default="", help="a local Hugging Face dataset: parquet/arrow/json(l) file, a "
+                   "directory of them, or a save_to_disk directory (streamed, never downloaded)")
+    p.add_argument("--split", default="train", help="--input-hf: the split to read (default train)")
+    p.add_argument("--field", default="text", help="--input-hf: the column holding the text (default text)")
+    p.add_argument("--batch-docs", type=int, default=512, help="--input-hf: documents per tokenizer batch")
     p.add_argument("--synthetic", type=int, default=0, help="write N documents of the embedded synthetic corpus")
     p.add_argument("--seed", type=int, default=1234, help="synthetic corpus seed")
     p.add_argument("--min-chars", type=int, default=400, help="synthetic document size range (characters)")

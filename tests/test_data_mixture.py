@@ -177,3 +177,26 @@ def test_trains_on_a_mixture_resumes_bitwise_and_logs_the_realised_mix(corpora, 
     total = [a + b for a, b in zip(tokens, (e.value for e in acc.Scalars("data/tokens/short")))]
     assert total == [32 * 2 * (t + 1) for t in range(6)]                      # all tokens of steps 1..t
     assert "data/mix/text_summary" in acc.Tags()["tensors"]
+
+
+def test_long_context_mix_recipe_loads_and_trains_on_its_three_sources(tmp_path, monkeypatch):
+    pytest.importorskip("megatron.core.datasets.indexed_dataset")
+    from pathlib import Path
+
+    from data.prepare import main as prepare_main
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "long-context-mix.toml"
+    monkeypatch.chdir(tmp_path)                       # the recipe's source paths are relative
+    for name, fmt, seed in (("code", "megatron", 1), ("books", "megatron", 2), ("short", "shards", 3)):
+        assert prepare_main(["--synthetic", "40", "--seed", str(seed), "--min-chars", "100", "--max-chars", "3000",
+                             "--output", f"data/mix/{name}", "--format", fmt, "--quiet"]) == 0
+    cfg = load_config(recipe)
+    assert [(s.name, s.format, s.weight) for s in cfg.data.sources] == [
+        ("code", "megatron", 0.3), ("books", "megatron", 0.3), ("short", "shards", 0.4)]
+    small = ["--model.pattern=(M-*-)x1", "--model.d_model=32", "--model.d_state=16", "--model.n_heads=2",
+             "--data.seq_len=64", "--data.batch_size=2", "--data.curriculum=none", "--data.num_workers=0",
+             "--train.steps=2", "--checkpoint.every=0", f"--train.run_dir={tmp_path / 'run'}"]
+    logged: list[str] = []
+    result = train(load_config(recipe, small), log=logged.append)
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    assert "L=16384, 3/0.3" in "\n".join(logged)

@@ -158,6 +158,8 @@ class EvalConfig:
     loss_multiple: int = opt(4, "loss by position out to this multiple of data.seq_len (when eval.loss_length = 0)")
     loss_rows: int = opt(2, "rows averaged for loss by position (0 disables it)")
     seed: int = opt(0, "seed of the evaluation prompts")
+    tasks: list[str] = opt(factory=lambda: ["passkey"], help="tasks of the periodic grid (data/tasks names)")
+    jrt: bool = opt(False, "also score each task with its context given twice (just read twice)")
 
 
 @dataclass
