@@ -293,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     if summary.get("tasks"):
         print(summary_table({n: summary[n] for n in summary["tasks"]}, lengths, train_len))
     print(json.dumps(summary, indent=1))
-    files = [f"{n}.json, {n}.png" for n in summary.get("tasks", [])] + ["loss_by_position.json, .png", "tb/"]
+    files = [f"{n}.json, {n}.png" for n in summary.get("tasks", [])]
+    files += ["loss_by_position.json, .png"] if "loss_ranges" in summary else []
+    files += [] if args.no_tensorboard else ["tb/"]
     print(f"wrote {out}/: {', '.join(files)}")
     return 0
 
