@@ -8,6 +8,7 @@ with any number of data-parallel ranks.
 - data.source = "shards":    a `python -m data.prepare` directory (data/stream.py ShardLoader),
   with data.packing = concat | dd and the loader workers of data.num_workers.
 Sequence-length warmup (data.curriculum) applies to both; its state is the step counter.
+Every loader implements data/protocol.py's Loader; so does data/row_streams.py's (lengthgen.tbptt).
 """
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ class SyntheticLoader:
     @property
     def seq_len(self) -> int:
         return self.packer.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    skipped_documents = None        # generated text: nothing to skip
 
     def next_batch(self) -> Batch:
         if self.length_at is not None:         # warmup: step t (1-based) trains at length L(t)

@@ -23,23 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from parallel.deepspeed_engine import is_deepspeed, load_deepspeed, save_deepspeed
 from parallel.distributed import barrier, is_dist
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
-# optimizer hyper-parameters stored per parameter name ("param_groups.<fqn>.lr"), not as one
-# list of groups: a pipeline stage's groups hold only its own parameters, and the per-name
-# form is what lets a checkpoint move between pp layouts (torchtitan does the same)
-OPTIM_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def warn(msg: str) -> None:
@@ -101,19 +91,16 @@ class Checkpointer:
             return None
         return path
 
-    def save(self, step: int, model, optimizer, train_state: dict, config_toml: str,
+    def save(self, step: int, engine, train_state: dict, config_toml: str,
              rank_state: dict | None = None) -> Path:
+        """`engine` (parallel.Engine) writes the model and optimizer state; the rest is ours."""
         final = self.dir / f"step-{step:07d}"
         tmp = self.dir / f".tmp-step-{step:07d}"
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        if is_deepspeed(model):
-            save_deepspeed(model, tmp)         # ZeRO-partitioned optimizer + full weights via DCP
-        else:
-            model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIM_FLAT)
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        engine.save(tmp)
         torch.save({"rng": rng_state(), "extra": rank_state or {}}, tmp / f"rank-{self.rank:05d}.pt")
         barrier()
         if self.rank == 0:
@@ -135,17 +122,10 @@ class Checkpointer:
         for stale in self.dir.glob(".tmp-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
-    def load(self, path: Path, model, optimizer) -> dict:
-        """Load model, optimizer and this rank's RNG from `path`; returns the train state. This
-        rank's extra state (save's rank_state) is left in self.rank_state ({} if there is none)."""
-        if is_deepspeed(model):
-            load_deepspeed(model, path)
-        else:
-            model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIM_FLAT)
-            state = {"model": model_sd, "optim": optim_sd}
-            dcp.load(state, checkpoint_id=str(path))
-            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                           options=OPTIM_FLAT)
+    def load(self, path: Path, engine) -> dict:
+        """Load model and optimizer (through `engine`) and this rank's RNG from `path`; returns the
+        train state. This rank's extra state (save's rank_state) is left in self.rank_state ({} if none)."""
+        engine.load(path)
         rank_file = path / f"rank-{self.rank:05d}.pt"
         self.rank_state = {}
         if rank_file.is_file():

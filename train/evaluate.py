@@ -167,7 +167,7 @@ def evaluate_model(model, cfg, out_dir: str | Path, *, lengths: list[int], depth
 
 
 def periodic_eval(model, cfg, step: int, tb, is_main: bool, device) -> dict | None:
-    """Evaluation every cfg.eval.every steps inside training.
+    """Evaluation every cfg.eval.every steps inside training (`model`: the engine's module, unwrapped).
 
     Every rank runs it on the same inputs (sharded engines such as FSDP need all ranks in the
     forward); only rank 0 writes files and TensorBoard entries.
@@ -180,10 +180,9 @@ def periodic_eval(model, cfg, step: int, tb, is_main: bool, device) -> dict | No
             print("warning: eval.every is skipped under parallel.tp/pp > 1 (sharded weights); run "
                   "python -m train.evaluate on the checkpoint instead", file=sys.stderr)
         return None
-    module = getattr(model, "module", model)
     e = cfg.eval
     loss_len = e.loss_length or e.loss_multiple * cfg.data.seq_len
-    return evaluate_model(module, cfg, Path(cfg.train.run_dir) / "eval" / f"step-{step:07d}",
+    return evaluate_model(model, cfg, Path(cfg.train.run_dir) / "eval" / f"step-{step:07d}",
                           lengths=list(e.passkey_lengths), depths=e.passkey_depths, trials=e.passkey_trials,
                           loss_length=loss_len, loss_rows=e.loss_rows, device=device, seed=e.seed,
                           tb=tb if is_main else None, step=step, write=is_main)
