@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from models.collapse import WindowCache
+from models.mixer_spec import mixer_spec
 
 
 @dataclass
@@ -43,12 +44,12 @@ def map_state(fn, st):
 
 
 def recurrent_layers(model) -> list[LayerInfo]:
+    """The layers whose MixerSpec declares a recurrent state, with its number of heads."""
     out = []
     for i, block in enumerate(model.layers):
-        if block.symbol == "M":
-            out.append(LayerInfo(i, block.mixer.nheads))
-        elif block.symbol == "R":
-            out.append(LayerInfo(i, block.mixer.rglru.gate_a.blocks))
+        spec = mixer_spec(block.symbol)
+        if spec.is_recurrent:
+            out.append(LayerInfo(i, spec.state_heads(block.mixer)))
     return out
 
 

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
+from models.flops import head_flops
 from parallel.layout import ParallelState
 from parallel.loss import token_loss_sum
 from parallel.options import EngineOptions
@@ -23,8 +24,7 @@ SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 
 
 def chunk_ranges(model: nn.Module, n_chunks: int, seq_len: int) -> list[tuple[int, int]]:
-    head = 6.0 * model.cfg.d_model * model.cfg.vocab_size
-    return balanced_split(layer_costs(model, seq_len), n_chunks, tail_cost=head)
+    return balanced_split(layer_costs(model, seq_len), n_chunks, tail_cost=head_flops(model.cfg))
 
 
 def tie_group(pstate: ParallelState):
