@@ -1,10 +1,13 @@
 """Spec of the attention mixers: `*` global and `W` sliding-window (models/attention.py)."""
 from __future__ import annotations
 
+from dataclasses import fields
+
 from models.attention import Attention
+from models.config import ModelConfig
 from models.mixer_spec import MixerSpec, divisible, register
 
-FIELDS = ("n_heads", "n_kv_heads", "head_dim", "rope_theta")
+FIELDS = ("n_heads", "n_kv_heads", "head_dim", *(f.name for f in fields(ModelConfig) if f.name.startswith("rope_")))
 
 
 def attention_flops(mixer: Attention, seq_len: int) -> float:

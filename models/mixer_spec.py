@@ -65,6 +65,11 @@ def register(spec: MixerSpec) -> MixerSpec:
     return spec
 
 
+def unregister(symbol: str) -> None:
+    """Remove a registered spec (tests that register a mixer of their own clean up with it)."""
+    _REGISTRY.pop(symbol, None)
+
+
 def _load_builtins() -> None:
     global _loaded
     if not _loaded:
