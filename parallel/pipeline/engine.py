@@ -16,21 +16,14 @@ from parallel.grad_clip import clip_grad_norm
 from parallel.pipeline.runner import PipelineRunner
 
 
-class PipelineEngine:
+class PipelineEngine(Engine):
+    """Reads like the engine it wraps (module, layout, autocast); runs the schedule, clips over
+    the stages, and leaves the optimizer and the checkpoint state to `inner`."""
+
     def __init__(self, inner: Engine, runner: PipelineRunner):
+        super().__init__(inner.model, inner.optimizer, inner.pstate, inner.opts, inner.device, inner.grad_sync,
+                         module=inner.module)
         self.inner, self.runner = inner, runner
-        self.module, self.pstate = inner.module, inner.pstate
-
-    @property
-    def sp_hooks(self):
-        return self.inner.sp_hooks
-
-    @property
-    def is_loss_rank(self) -> bool:
-        return self.inner.is_loss_rank
-
-    def autocast(self):
-        return self.inner.autocast()
 
     def forward_backward(self, batches: list, global_count: int, hooks=None) -> torch.Tensor:
         """The schedule runs every micro-batch (forward hooks are refused by validation under pp)."""
