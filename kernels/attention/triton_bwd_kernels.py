@@ -17,6 +17,7 @@ from kernels.attention.triton_common import (
     _dot,
     _mask_scores,
     _query_block_keys,
+    _query_program,
     _split_ranges,
 )
 
@@ -55,14 +56,7 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QDOC, KDOC,
                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr,
                        DOT_PREC: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    hk = h // REP
-    rows = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
+    start_m, bh, b, h, hk, rows, offs_n, offs_d = _query_program(H, REP, BLOCK_M, BLOCK_N, HEAD_DIM)
     rmask = rows[:, None] < TQ
     q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qt + offs_d[None, :], mask=rmask, other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dot + offs_d[None, :],

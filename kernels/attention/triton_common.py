@@ -113,3 +113,15 @@ def _doc_overlap(DOC, idx, N, other, lo, hi, HAS_DOC: tl.constexpr):
         valid = tl.where(idx < N, ids, lo)
         go = (tl.max(valid, 0) >= lo) & (tl.min(valid, 0) <= hi)
     return ids, go
+
+
+@triton.jit
+def _query_program(H, REP, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """A query-block program's coordinates: (start_m, b·H + h, b, h, kv head, rows, key offsets,
+    head-dim offsets); grid = (query blocks, batch · heads)."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    return (start_m, bh, b, h, h // REP, start_m + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N),
+            tl.arange(0, HEAD_DIM))

@@ -16,7 +16,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.attention.triton_common import _doc_block, _doc_overlap, _dot, _mask_scores, _query_block_keys
+from kernels.attention.triton_common import (
+    _doc_block,
+    _doc_overlap,
+    _dot,
+    _mask_scores,
+    _query_block_keys,
+    _query_program,
+)
 
 
 @triton.jit
@@ -55,14 +62,7 @@ def attn_fwd_kernel(Q, K, V, OUT, LSE, QDOC, KDOC,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr,
                     DOT_PREC: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    hk = h // REP
-    rows = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
+    start_m, bh, b, h, hk, rows, offs_n, offs_d = _query_program(H, REP, BLOCK_M, BLOCK_N, HEAD_DIM)
     Q = Q + b * stride_qb + h * stride_qh
     K = K + b * stride_kb + hk * stride_kh
     V = V + b * stride_vb + hk * stride_vh
