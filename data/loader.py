@@ -85,6 +85,10 @@ def build_loader(data_cfg, dp_rank: int = 0, dp_size: int = 1):
         if data_cfg.packing != "concat":
             raise DataError("data.packing='dd' needs data.source='shards'; write the synthetic corpus as shards "
                             "with `python -m data.prepare --synthetic N --output DIR`")
+        if getattr(data_cfg, "corpus", "classic") == "sized":     # the context-sized corpus with task documents
+            from data.tasks.corpus import SizedLoader
+
+            return SizedLoader(data_cfg, dp_rank, dp_size, warmup.length if warmup is not None else None)
         return SyntheticLoader(data_cfg.seq_len, data_cfg.batch_size, dp_rank, dp_size, data_cfg.seed,
                                data_cfg.min_doc_chars, data_cfg.max_doc_chars,
                                warmup.length if warmup is not None else None)

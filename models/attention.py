@@ -35,10 +35,11 @@ class Attention(nn.Module):
         self.window = window
         self.rope = rope_spec(cfg)
         self.rotary_dim = rotary_dim(self.head_dim, cfg.rope_fraction)
-        self.wq = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+        qkv_bias = cfg.attn_qkv_bias
+        self.wq = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=cfg.attn_out_bias)
         self.wo.is_residual_out = True
 
     def rope_length(self, positions: torch.Tensor, sp=None) -> int | None:

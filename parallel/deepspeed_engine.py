@@ -76,6 +76,10 @@ class DeepSpeedEngine(Engine):
         self.model.save_checkpoint(str(directory), tag=TAG, save_latest=False)
         dcp.save({"model": full_weights(self.model)}, checkpoint_id=str(directory))
 
+    def load_weights(self, directory: Path) -> None:
+        raise NotImplementedError("resuming an imported (weights-only) checkpoint under DeepSpeed is not "
+                                  "supported; use parallel.engine=ddp or fsdp")
+
     def load(self, directory: Path) -> None:
         if not (directory / TAG).is_dir():
             raise LayoutError(f"checkpoint {directory} was not written by parallel.engine='deepspeed'; "

@@ -9,7 +9,8 @@ trainer sees only this interface:
   gradient averaging over dp × sp yields the gradient of the mean loss over every label token
   of the global step, however tokens are split over ranks and micro-batches;
 - `clip(max_norm)`, `set_lr(lr)`, `step()` (optimizer step and zero_grad);
-- `save(directory)` / `load(directory)`: model and optimizer state for checkpoints;
+- `save(directory)` / `load(directory)`: model and optimizer state for checkpoints
+  (`load_weights(directory)`: the model only, for an imported step-0 checkpoint);
 - `module` (the model itself, unwrapped), `sp_hooks`, `is_loss_rank`, `autocast()`.
 Everything an engine does differently lives in its own file, as an override of this base.
 """
@@ -23,7 +24,13 @@ from typing import Any, Protocol
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from parallel.grad_clip import clip_grad_norm
 from parallel.layout import ParallelState
@@ -44,6 +51,14 @@ class ForwardHooks(Protocol):
     def forward_kwargs(self, batch) -> dict: ...
 
     def after_forward(self, out: Any, batch) -> torch.Tensor: ...
+
+
+def load_model_weights(directory: str | Path, model: nn.Module) -> None:
+    """Model weights only (evaluation, an imported step-0 checkpoint), from a checkpoint written by
+    any parallel layout; `model` may be wrapped (DDP) or sharded (FSDP2, tp DTensors)."""
+    sd = {"model": get_model_state_dict(model)}
+    dcp.load(sd, checkpoint_id=str(directory))
+    set_model_state_dict(model, sd["model"], options=StateDictOptions(strict=True))
 
 
 def chain(first: Callable[[], None] | None, second: Callable[[], None] | None):
@@ -131,6 +146,10 @@ class Engine:
         """Model and optimizer state into `directory` via torch.distributed.checkpoint (resharded on load)."""
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=OPTIM_FLAT)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory))
+
+    def load_weights(self, directory: Path) -> None:
+        """Model weights only (a weights-only checkpoint); the optimizer starts fresh."""
+        load_model_weights(directory, self.model)
 
     def load(self, directory: Path) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=OPTIM_FLAT)

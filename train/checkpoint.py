@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 from parallel.distributed import barrier, is_dist
+from parallel.engine import load_model_weights
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
@@ -122,9 +123,28 @@ class Checkpointer:
         for stale in self.dir.glob(".tmp-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
+    def save_initial(self, model, config_toml: str, source: str) -> Path:
+        """A step-0 checkpoint of model weights only (an imported model, train/convert.py): the
+        optimizer, data position and RNG start fresh when a run resumes from it."""
+        final, tmp = self.dir / f"step-{0:07d}", self.dir / f".tmp-step-{0:07d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=str(tmp))
+        (tmp / "config.toml").write_text(config_toml)
+        write_json_synced(tmp / "train_state.json", {"step": 0, "data": None, "weights_only": True, "source": source})
+        os.replace(tmp, final)
+        fsync_dir(self.dir)
+        return final
+
     def load(self, path: Path, engine) -> dict:
         """Load model and optimizer (through `engine`) and this rank's RNG from `path`; returns the
-        train state. This rank's extra state (save's rank_state) is left in self.rank_state ({} if none)."""
+        train state. This rank's extra state (save's rank_state) is left in self.rank_state ({} if none).
+        A weights-only checkpoint (save_initial) loads the model and leaves the rest fresh."""
+        train_state = json.loads((path / "train_state.json").read_text())
+        self.rank_state = {}
+        if train_state.get("weights_only"):
+            engine.load_weights(path)
+            return train_state
         engine.load(path)
         rank_file = path / f"rank-{self.rank:05d}.pt"
         self.rank_state = {}
@@ -135,15 +155,6 @@ class Checkpointer:
         else:
             warn(f"{rank_file.name} not in {path} (world size changed?); RNG state not restored")
         return json.loads((path / "train_state.json").read_text())
-
-
-def load_model_weights(path: str | Path, model) -> None:
-    """Model weights only (for evaluation), from a checkpoint written by any parallel layout."""
-    sd = {"model": get_model_state_dict(model)}
-    dcp.load(sd, checkpoint_id=str(path))
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-    set_model_state_dict(model, sd["model"], options=StateDictOptions(strict=True))
 
 
 def write_json_synced(path: Path, obj) -> None:

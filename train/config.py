@@ -60,6 +60,15 @@ class DataConfig:
     dd_max_len: int = opt(0, "Dataset Decomposition: longest bucket length (0 = data.seq_len)")
     dd_order: str = choice("uniform", "grow_linear", "grow_p2", "grow_p100", "shrink",
                            help="Dataset Decomposition: order in which buckets are sampled (grow = short first)")
+    # the synthetic corpus: "classic" (min/max_doc_chars) or "sized" (data/tasks/corpus.py)
+    corpus: str = choice("classic", "sized", help="synthetic corpus: classic (min/max_doc_chars) | sized: lengths "
+                         "relative to the row length, with RULER-style task documents")
+    task_mix: float = opt(0.5, "sized corpus: share of documents that are task documents (data.tasks)")
+    tasks: list[str] = opt(factory=lambda: ["passkey", "niah_multikey", "niah_multivalue", "niah_multiquery",
+                                            "vt", "cwe", "copy"], help="sized corpus: task documents drawn from")
+    task_weights: list[float] = opt(factory=list, help="sized corpus: one weight per data.tasks (empty = equal)")
+    fit_fraction: float = opt(0.75, "sized corpus: share of documents (T/8..T) never cut by a row boundary")
+    long_max: float = opt(4.0, "sized corpus: the other documents are T..long_max·T tokens")
 
 
 @dataclass

@@ -54,7 +54,8 @@ class Saver:
         if path is None:
             return 0, None
         state = self.ckpt.load(path, run.engine)
-        run.loader.load_state_dict(state["data"])
+        if state.get("data") is not None:      # None: an imported model's step-0 checkpoint
+            run.loader.load_state_dict(state["data"])
         self.restore_length_gen(log)
         if run.is_main:
             log(f"resumed from {path} at step {int(state['step'])}")

@@ -52,3 +52,6 @@ class PipelineEngine(Engine):
 
     def load(self, directory: Path) -> None:
         self.inner.load(directory)
+
+    def load_weights(self, directory: Path) -> None:
+        self.inner.load_weights(directory)
