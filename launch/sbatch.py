@@ -18,7 +18,16 @@ from pathlib import Path
 from launch.env import LaunchError
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATE = REPO / "slurm" / "train.sbatch"
+
+
+def template_path() -> Path:
+    """slurm/train.sbatch from the checkout or the installed wheel's share/longweave."""
+    from train.assets import find_asset
+
+    found = find_asset("slurm/train.sbatch")
+    if found is None:
+        raise LaunchError("slurm/train.sbatch is not installed; reinstall longweave or run from its checkout")
+    return found
 TIME_FORMAT = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 
 
@@ -112,6 +121,7 @@ def render(spec: SlurmSpec, config_path: str | Path, run_dir: str | Path,
     spec.check()
     nproc = spec.processes_per_node()
     cpus, cpus_source = cpus_per_task(spec)
+    template = template_path()
     directives = []
     if spec.gpus_per_node:
         directives.append(f"--gpus-per-node={spec.gpus_per_node}")
@@ -128,7 +138,7 @@ def render(spec: SlurmSpec, config_path: str | Path, run_dir: str | Path,
         "signal_lead": spec.signal_lead,
         "directives": "\n".join(f"#SBATCH {d}" for d in directives),
         "workdir": shlex.quote(str(Path(workdir or Path.cwd()).absolute())),
-        "repo": shlex.quote(str(REPO)), "python": shlex.quote(python),
+        "repo": shlex.quote(str(template.parent.parent)), "python": shlex.quote(python),
         "omp_threads": max(1, cpus // nproc), "max_requeues": spec.max_requeues, "exports": exports,
         "cpus_per_task": cpus, "nproc_per_node": nproc, "cpus_source": cpus_source,
         # the step asks for the GPUs itself: since SLURM 22.05 srun no longer inherits some job options
@@ -136,7 +146,7 @@ def render(spec: SlurmSpec, config_path: str | Path, run_dir: str | Path,
         "config": shlex.quote(str(Path(config_path).absolute())),
         "run_dir": shlex.quote(str(Path(run_dir).absolute())),
     }
-    text = TEMPLATE.read_text()
+    text = template.read_text()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", str(value))
     left = re.findall(r"\{\{(\w+)\}\}", text)

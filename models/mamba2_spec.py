@@ -15,6 +15,8 @@ def validate_mamba2(cfg) -> None:
                          f"model.ssm_ngroups={cfg.ssm_ngroups}; change model.ssm_ngroups")
     if not 0 < cfg.dt_min <= cfg.dt_max:
         raise ValueError("model.dt_min and model.dt_max must satisfy 0 < dt_min <= dt_max")
+    if not 0 <= cfg.dt_limit_min < cfg.dt_limit_max:
+        raise ValueError("model.dt_limit_min and model.dt_limit_max must satisfy 0 <= min < max")
     if cfg.conv_width < 1:
         raise ValueError("model.conv_width must be >= 1")
 
@@ -32,7 +34,7 @@ def mamba2_tp_check(cfg, tp: int) -> str | None:
 register(MixerSpec(
     "M", "Mamba-2 mixer", module_class=Mamba2, build=Mamba2, validate=validate_mamba2,
     config_fields=("d_state", "ssm_headdim", "ssm_ngroups", "ssm_expand", "ssm_chunk_size", "conv_width",
-                   "dt_min", "dt_max", "collapse_decay_scale", "collapse_write_scale", "collapse_state_norm",
+                   "dt_min", "dt_max", "dt_limit_min", "dt_limit_max", "collapse_decay_scale", "collapse_write_scale", "collapse_state_norm",
                    "collapse_norm_chunk", "collapse_window"),
     flops=lambda m, seq_len: m.flops_per_token(seq_len),
     tp_plan="parallel.tensor.recurrent:shard_mamba2", tp_check=mamba2_tp_check,

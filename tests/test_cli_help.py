@@ -6,7 +6,7 @@ import re
 import pytest
 
 from train.__main__ import main
-from train.config import Config, all_keys, load_config
+from train.config import Config, ConfigError, all_keys, load_config
 from train.config_help import key_rows
 
 
@@ -45,3 +45,15 @@ def test_print_config_is_the_resolved_toml(capsys, tmp_path):
 def test_print_config_with_a_bad_key_is_exit_2(capsys):
     assert main(["--print-config", "--optim.lrr=1"]) == 2
     assert "nearest valid key: 'optim.lr'" in capsys.readouterr().err
+
+
+def test_config_takes_a_recipe_name_and_environment_overrides(monkeypatch, tmp_path):
+    by_path = load_config("configs/mamba2-tiny.toml")
+    assert dataclasses.asdict(load_config("mamba2-tiny")) == dataclasses.asdict(by_path)
+    monkeypatch.chdir(tmp_path)   # outside the checkout the shipped recipes are still found
+    assert dataclasses.asdict(load_config("configs/mamba2-tiny.toml")) == dataclasses.asdict(by_path)
+    with pytest.raises(ConfigError, match=r"not found; pass an existing TOML file or a recipe name \(.*tiny"):
+        load_config("no-such-recipe")
+    monkeypatch.setenv("LONGWEAVE_OVERRIDES", "--model.d_model=32 --data.seq_len 48")
+    cfg = load_config("tiny", ["--model.d_model=64", "--optim.lr=0.5"])
+    assert (cfg.model.d_model, cfg.data.seq_len, cfg.optim.lr) == (32, 48, 0.5)

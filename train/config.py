@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
+import shlex
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -34,10 +36,26 @@ def choice(default: str, *options: str, help: str = ""):
 
 
 @dataclass
+class SourceConfig:
+    """One `[[data.sources]]` table of a mixture (data.source = "mixture"; data/mixture.py)."""
+    path: str = opt("", "shard directory, or Megatron prefix / directory of prefixes")
+    format: str = choice("shards", "megatron", help="what path holds: data.prepare shards or Megatron .bin/.idx")
+    weight: float = opt(1.0, "share of the training tokens (normalised over the sources; >= 0)")
+    name: str = opt("", "label in logs and TensorBoard ('' = the path's last part)")
+    min_doc_len: int = opt(0, "drop documents shorter than this many tokens (0 = keep all)")
+    max_doc_len: int = opt(0, "drop documents longer than this many tokens (0 = no limit)")
+    long_doc_len: int = opt(0, "L: documents of >= L tokens are long (0 = no upsampling)")
+    long_doc_rate: float = opt(1.0, "a: copies per epoch of a long document (a fraction is drawn per document)")
+    short_doc_rate: float = opt(1.0, "b: copies per epoch of a shorter document")
+
+
+@dataclass
 class DataConfig:
-    source: str = choice("synthetic", "shards",
-                         help="training text: the built-in synthetic corpus, or prepared shards in data.path")
-    path: str = opt("", "shard directory (with manifest.json) when source = 'shards'")
+    source: str = choice("synthetic", "shards", "megatron", "mixture",
+                         help="training text: the built-in synthetic corpus, prepared shards in data.path, Megatron "
+                              ".bin/.idx prefixes in data.path, or a mixture of [[data.sources]]")
+    path: str = opt("", "shard directory (with manifest.json) when source = 'shards'; a Megatron prefix "
+                        "(PREFIX.bin + PREFIX.idx) or a directory of them when source = 'megatron'")
     seq_len: int = opt(256, "tokens per training row (the training context length)")
     batch_size: int = opt(8, "rows per data-parallel rank per micro-batch")
     seed: int = opt(1234, "seed of the data order (shard and document permutation, synthetic corpus)")
@@ -69,6 +87,9 @@ class DataConfig:
     task_weights: list[float] = opt(factory=list, help="sized corpus: one weight per data.tasks (empty = equal)")
     fit_fraction: float = opt(0.75, "sized corpus: share of documents (T/8..T) never cut by a row boundary")
     long_max: float = opt(4.0, "sized corpus: the other documents are T..long_max·T tokens")
+    # data.source = "mixture": one [[data.sources]] table per source (set in the TOML file)
+    sources: list[SourceConfig] = opt(factory=list, help="mixture sources: [[data.sources]] tables in the TOML file "
+                                      "(path, format, weight, length filters, long-document upsampling)")
 
 
 @dataclass
@@ -175,6 +196,8 @@ def nearest(key: str, cfg: Config) -> str:
 def _convert(key: str, raw, typ, from_cli: bool):
     """Convert raw (a TOML value, or a string from the CLI) to typ, or raise ConfigError."""
     origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        return _convert_table(key, raw, typ, from_cli)
     if origin is list:
         (item,) = typing.get_args(typ)
         if from_cli and isinstance(raw, str):
@@ -206,6 +229,25 @@ def _convert(key: str, raw, typ, from_cli: bool):
     raise ConfigError(f"config key '{key}' has an unsupported type {typ}")
 
 
+def _convert_table(key: str, raw, typ, from_cli: bool):
+    """A TOML table (one item of a list of tables such as [[data.sources]]) into its dataclass."""
+    if from_cli or not isinstance(raw, dict):
+        raise ConfigError(f"config key '{key}' takes [[{key}]] tables in the TOML file, not {raw!r}")
+    item, hints = typ(), typing.get_type_hints(typ)
+    fields = {f.name: f for f in dataclasses.fields(typ)}
+    for k, v in raw.items():
+        if k not in fields:
+            near = difflib.get_close_matches(k, list(fields), n=1, cutoff=0.0)
+            raise ConfigError(f"unknown key '{k}' in a [[{key}]] table (nearest valid key: "
+                              f"'{near[0] if near else '?'}')")
+        value = _convert(f"{key}.{k}", v, hints[k], from_cli)
+        options = fields[k].metadata.get("choices")
+        if options and value not in options:
+            raise ConfigError(f"config key '{key}.{k}' must be one of {', '.join(options)}; got {value!r}")
+        setattr(item, k, value)
+    return item
+
+
 def set_key(cfg: Config, key: str, raw, from_cli: bool = False) -> None:
     parts = key.split(".")
     if len(parts) != 2 or not hasattr(cfg, parts[0]):
@@ -224,14 +266,19 @@ def set_key(cfg: Config, key: str, raw, from_cli: bool = False) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the TOML file, then `--section.key=value` / `--section.key value` overrides."""
+    """Defaults, then the TOML file, then `--section.key=value` / `--section.key value` overrides, then
+    those in the LONGWEAVE_OVERRIDES environment variable (the README test shrinks every run with it)."""
     cfg = Config()
     if path is not None:
+        from train.assets import recipe_names, resolve_config_path
+
+        path = resolve_config_path(path)
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found; pass an existing TOML file to --config") from None
+            raise ConfigError(f"config file {path} not found; pass an existing TOML file or a recipe name "
+                              f"({', '.join(recipe_names())}) to --config") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         for sec, values in data.items():
@@ -239,7 +286,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"unknown config key '{sec}' (nearest valid key: '{nearest(sec, cfg)}')")
             for k, v in values.items():
                 set_key(cfg, f"{sec}.{k}", v)
-    args = list(overrides or [])
+    args = [*(overrides or []), *shlex.split(os.environ.get("LONGWEAVE_OVERRIDES", ""))]
     i = 0
     while i < len(args):
         a = args[i]
@@ -273,14 +320,35 @@ def _toml_value(v) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
+def _is_tables(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(dataclasses.is_dataclass(x) for x in value)
+
+
 def dump_toml(cfg: Config) -> str:
     lines = []
     for s in dataclasses.fields(cfg):
         section = getattr(cfg, s.name)
         lines.append(f"[{s.name}]")
-        lines += [f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in dataclasses.fields(section)]
+        tables = []
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if _is_tables(value):             # lists of tables go after the section's own keys
+                tables.append((f.name, value))
+            elif not (isinstance(value, list) and not value and _table_list(section, f.name)):
+                lines.append(f"{f.name} = {_toml_value(value)}")
+        for name, items in tables:
+            for item in items:
+                lines += ["", f"[[{s.name}.{name}]]"]
+                lines += [f"{g.name} = {_toml_value(getattr(item, g.name))}" for g in dataclasses.fields(item)]
         lines.append("")
     return "\n".join(lines)
+
+
+def _table_list(section, name: str) -> bool:
+    """Whether field `name` of `section` is a list of tables (an empty one is written as nothing)."""
+    typ = typing.get_type_hints(type(section))[name]
+    args = typing.get_args(typ)
+    return typing.get_origin(typ) is list and bool(args) and dataclasses.is_dataclass(args[0])
 
 
 def to_dict(cfg: Config) -> dict:

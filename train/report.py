@@ -27,6 +27,11 @@ class Reporter:
         self.tb = TensorBoardLogger(run_dir, cfg.metrics.tensorboard and run.is_main)
         self.step_log = StepLog(run_dir, run.is_main)
         self.tb.text("config", "```\n" + config_toml + "\n```", first_step)
+        describe = getattr(run.loader, "describe", None)   # a mixture: each source's share and length histogram
+        if run.is_main and describe is not None:
+            mix = "\n".join(describe())
+            log(mix)
+            self.tb.text("data/mix", "```\n" + mix + "\n```", first_step)
         self.peak = peak_flops(run.device)
         self.t_start, self.steps_timed = time.perf_counter(), 0
 
@@ -68,6 +73,7 @@ class Reporter:
             "perf/max_memory_gb": max_memory_gb(run.device),
             "data/seq_len": out.seq_len, "data/batch_size": out.rows,
             "data/skipped_corrupt": run.loader.skipped_documents,   # data.skip_corrupt
+            **getattr(run.loader, "tb_scalars", dict)(),   # a mixture's tokens per source so far
         })
         if run.cfg.metrics.state_norms:  # recurrent (M, R) final-state norms: the state-collapse watch
             norms = getattr(run.engine.module, "last_state_norms", None) or {}

@@ -16,7 +16,7 @@ from types import ModuleType
 
 from models.interop.common import InteropError
 
-FAMILY_MODULES = ("llama",)
+FAMILY_MODULES = ("llama", "mamba2")
 
 
 def families() -> dict[str, ModuleType]:
@@ -31,6 +31,8 @@ def families() -> dict[str, ModuleType]:
 
 def family_for(hf_config: dict) -> ModuleType:
     model_type = hf_config.get("model_type")
+    if model_type is None and "ssm_cfg" in hf_config:
+        model_type = "mamba_ssm"          # mamba-ssm's config.json has no model_type
     known = families()
     if model_type not in known:
         raise InteropError(f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(known))}")
