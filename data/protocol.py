@@ -5,6 +5,8 @@ SyntheticLoader), the truncated-BPTT row streams (data/row_streams.py) and any n
 implement it; `data.loader.build_loader` picks one from the [data] config, so the trainer
 never knows which it has. State is a small dict saved with every checkpoint (global, so a
 resume with another number of data-parallel ranks continues exactly).
+Optional, for a mixture of sources (data/mixture.py): `describe() -> list[str]` (printed and
+logged once at start) and `tb_scalars() -> dict` (added to the TensorBoard scalars).
 """
 from __future__ import annotations
 
