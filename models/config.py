@@ -5,6 +5,7 @@ One flat dataclass serves every stack; the layer pattern decides which fields ma
 """
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, field
 
 
@@ -60,6 +61,8 @@ class ModelConfig:
     conv_width: int = opt(4, "width of the causal depthwise convolution in M and R blocks")
     dt_min: float = opt(0.001, "Mamba-2 smallest initial time step")
     dt_max: float = opt(0.1, "Mamba-2 largest initial time step")
+    dt_limit_min: float = opt(0.0, "Mamba-2 clamps softplus(dt + dt_bias) to at least this (time_step_limit)")
+    dt_limit_max: float = opt(math.inf, "Mamba-2 clamps softplus(dt + dt_bias) to at most this (time_step_limit)")
     # Griffin (R)
     lru_width: int = opt(0, "Griffin RG-LRU width (0 = d_model)")
     lru_heads: int = opt(0, "Griffin blocks of the block-diagonal gates (0 = n_heads)")

@@ -17,7 +17,7 @@ from train.checkpoint import Checkpointer
 from train.config import Config, dump_toml
 from train.evaluate import periodic_eval
 from train.preemption import REQUEUE_EXIT_CODE, write_exit_record
-from train.report import Reporter, format_eta  # noqa: F401  (format_eta: public helper)
+from train.report import Reporter
 from train.step import train_step
 
 
@@ -40,12 +40,14 @@ class Saver:
         c = self.run.cfg.checkpoint
         return stop_now or (c.every > 0 and step % c.every == 0) or (step == self.run.cfg.train.steps and c.save_final)
 
-    def save(self, step: int) -> None:
+    def save(self, step: int) -> tuple[Path, float]:
+        """Save step `step`; returns (its directory, seconds it took)."""
         run, t_save = self.run, time.perf_counter()
         rank_state = ({"world": run.pstate.world, "length_gen": run.length_gen.state_dict()}
                       if run.length_gen is not None else None)
         self.ckpt.save(step, run.engine, {"step": step, "data": run.loader.state_dict()}, self.config_toml, rank_state)
         run.stop.observe_save(time.perf_counter() - t_save)   # the time limit keeps room for the final save
+        return self.ckpt.dir / f"step-{step:07d}", time.perf_counter() - t_save
 
     def resume(self, log) -> tuple[int, Path | None]:
         """(step to start from, checkpoint resumed) for checkpoint.resume; (0, None) when starting fresh."""
@@ -82,12 +84,12 @@ def train(cfg: Config, log=print) -> TrainResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(config_toml)
     report = Reporter(run, log, config_toml, step)
-    report.model_line()
     result = TrainResult(run_dir=str(run_dir))
     step = loop(run, step, saver, report, result, log)
     if step >= cfg.train.steps and run.is_main and resumed_from is not None and not result.losses:
-        log(f"nothing to do: the checkpoint is already at train.steps={cfg.train.steps}")
-    report.close()
+        log(f"nothing to do: {resumed_from} is at step {step} and train.steps={cfg.train.steps}; pass a larger "
+            "--train.steps to continue, or --train.run_dir for a new run")
+    report.close(step, result.losses, saver.ckpt.resolve("auto") if run.is_main else None)
     # torchrun hides worker exit codes, so the launcher reads exit.json; written before the
     # barrier so that it exists by the time any rank exits
     if run.is_main:
@@ -108,7 +110,7 @@ def loop(run: Run, step: int, saver: Saver, report: Reporter, result: TrainResul
             raise FloatingPointError(f"loss became {out.loss} at step {step}; lower optim.lr or check the data")
         periodic_eval(run.engine.module, run.cfg, step, report.tb, run.is_main, run.device)
         if saver.due(step, out.stop_now):
-            saver.save(step)
+            report.checkpoint(*saver.save(step))
         if out.stop_now:
             if run.is_main:
                 log(f"stopping at step {step} ({run.stop.reason}); checkpoint saved, exit {REQUEUE_EXIT_CODE} to requeue")
