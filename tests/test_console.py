@@ -63,3 +63,34 @@ def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "step      2/4 | loss 2.0000" in out and "done: step 2/4" in out
     assert Console(lambda _: None, 4, 0, 1, True).bar is None   # a custom log never gets a bar
+
+
+def test_a_run_prints_checkpoints_and_a_summary(tmp_path):
+    from train.config import load_config
+    from train.loop import train
+
+    lines = []
+    cfg = load_config("configs/tiny.toml", [
+        "--model.d_model=32", "--model.n_heads=2", "--model.n_kv_heads=1", "--data.seq_len=32", "--data.batch_size=2",
+        "--data.max_doc_chars=800", "--train.steps=4", "--train.log_every=2", "--checkpoint.every=2",
+        f"--train.run_dir={tmp_path}", "--metrics.tensorboard=false"])
+    train(cfg, log=lines.append)
+    steps = [m.group(1) for line in lines if (m := LINE.match(line))]
+    assert steps == ["1", "2", "4"]
+    assert [line.split(" (")[0] for line in lines if line.startswith("checkpoint: ")] == [
+        f"checkpoint: {tmp_path}/checkpoints/step-0000002", f"checkpoint: {tmp_path}/checkpoints/step-0000004"]
+    assert lines[-2].startswith("done: step 4/4 | final loss ") and "4 steps, 256 tokens in " in lines[-2]
+    assert lines[-1] == f"run directory {tmp_path}: checkpoint {tmp_path}/checkpoints/step-0000004"
+    lines.clear()
+    train(cfg, log=lines.append)   # resumed at the last step: says so, with the checkpoint's real step
+    assert any(line.startswith("nothing to do: ") and "is at step 4 and train.steps=4" in line for line in lines)
+
+
+def test_metrics_log_every_is_a_deprecated_alias_of_train_log_every():
+    import pytest
+
+    from train.config import load_config
+
+    with pytest.warns(FutureWarning, match="'metrics.log_every' is deprecated: 'train.log_every'"):
+        cfg = load_config("configs/tiny.toml", ["--train.log_every=1000", "--metrics.log_every=3"])
+    assert cfg.train.log_every == 3 and not hasattr(cfg.metrics, "log_every")

@@ -145,7 +145,6 @@ class CheckpointConfig:
 @dataclass
 class MetricsConfig:
     tensorboard: bool = opt(True, "write TensorBoard events under <run_dir>/tb")
-    log_every: int = opt(10, "steps between TensorBoard scalars")
     state_norms: bool = opt(True, "log recurrent (M, R) state norms per layer to TensorBoard")
 
 
@@ -159,6 +158,8 @@ class EvalConfig:
     loss_multiple: int = opt(4, "loss by position out to this multiple of data.seq_len (when eval.loss_length = 0)")
     loss_rows: int = opt(2, "rows averaged for loss by position (0 disables it)")
     seed: int = opt(0, "seed of the evaluation prompts")
+    tasks: list[str] = opt(factory=lambda: ["passkey"], help="tasks of the periodic grid (data/tasks names)")
+    jrt: bool = opt(False, "also score each task with its context given twice (just read twice)")
 
 
 @dataclass
@@ -248,7 +249,17 @@ def _convert_table(key: str, raw, typ, from_cli: bool):
     return item
 
 
+# keys that were merged into another: still accepted, with a warning naming the replacement
+RENAMED = {"metrics.log_every": "train.log_every"}
+
+
 def set_key(cfg: Config, key: str, raw, from_cli: bool = False) -> None:
+    if key in RENAMED:
+        import warnings
+
+        warnings.warn(f"config key '{key}' is deprecated: '{RENAMED[key]}' sets the console and TensorBoard "
+                      f"interval; using the value for '{RENAMED[key]}'", FutureWarning, stacklevel=2)
+        key = RENAMED[key]
     parts = key.split(".")
     if len(parts) != 2 or not hasattr(cfg, parts[0]):
         raise ConfigError(f"unknown config key '{key}' (nearest valid key: '{nearest(key, cfg)}')")

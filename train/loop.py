@@ -25,6 +25,7 @@ from parallel.grad_clip import clip_gradients
 from parallel.layout import setup_parallel
 from train.checkpoint import Checkpointer
 from train.config import Config, dump_toml
+from train.console import Console, format_eta  # noqa: F401  (format_eta: public helper)
 from train.evaluate import periodic_eval
 from train.length_gen import build_length_gen, build_tbptt_loader
 from train.metrics import StepLog, TensorBoardLogger, max_memory_gb, peak_flops
@@ -49,13 +50,6 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
             raise SystemExit("error: train.device='cuda' but no CUDA device is visible; use train.device=cpu")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-def format_eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def train(cfg: Config, log=print) -> TrainResult:
@@ -130,11 +124,12 @@ def train(cfg: Config, log=print) -> TrainResult:
                       if pstate.length_gen is not None else None)
         ckpt.save(at_step, model, optimizer, {"step": at_step, "data": loader.state_dict()}, config_toml, rank_state)
         stop.observe_save(time.perf_counter() - t_save)   # the time limit keeps room for the final save
+        console.checkpoint(ckpt.dir / f"step-{at_step:07d}", time.perf_counter() - t_save)
 
     peak = peak_flops(device)
     result = TrainResult(run_dir=str(run_dir))
     total = cfg.train.steps
-    t_start, steps_timed = time.perf_counter(), 0
+    console = Console(log, total, step, dims.model_parallel, is_main, dims.dp)
     while step < total:
         t0 = time.perf_counter()
         lr = lr_at(step, total, cfg.optim)
@@ -159,15 +154,11 @@ def train(cfg: Config, log=print) -> TrainResult:
         stop_now = stats[1].item() > 0
         result.losses.append(loss)
         dt = time.perf_counter() - t0
-        steps_timed += 1
         stop.observe_step(dt)
         step_log.write(step, loss=loss, lr=lr, grad_norm=float(grad_norm))
-        if is_main and (step % cfg.train.log_every == 0 or step == total or step == 1 or stop_now):
-            tps = tokens_per_step_device / dt / dims.model_parallel
-            avg = (time.perf_counter() - t_start) / steps_timed
-            log(f"step {step:>6}/{total} | loss {loss:.4f} | lr {lr:.2e} | grad {float(grad_norm):.3f} "
-                f"| {tps:,.0f} tok/s/dev | eta {format_eta(avg * (total - step))}")
-        if is_main and cfg.metrics.tensorboard and (step % cfg.metrics.log_every == 0 or step == total):
+        console.step(step, tokens_per_step_device, dt, loss, lr, float(grad_norm),
+                     due=step % cfg.train.log_every == 0 or step == total or step == 1 or stop_now)
+        if is_main and cfg.metrics.tensorboard and (step % cfg.train.log_every == 0 or step == total):
             tps = tokens_per_step_device / dt / dims.model_parallel
             tb.scalars(step, {
                 "train/loss": loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
@@ -194,7 +185,10 @@ def train(cfg: Config, log=print) -> TrainResult:
             result.exit_code = REQUEUE_EXIT_CODE
             break
     if step >= total and is_main and resume_from is not None and not result.losses:
-        log(f"nothing to do: the checkpoint is already at train.steps={total}")
+        log(f"nothing to do: {resume_from} is at step {step} and train.steps={total}; pass a larger "
+            "--train.steps to continue, or --train.run_dir for a new run")
+    last = ckpt.resolve("auto") if is_main else None
+    console.summary(step, result.losses, run_dir, last, cfg.metrics.tensorboard)
     tb.flush()
     tb.close()
     step_log.close()
