@@ -28,10 +28,11 @@ from train.config import Config, dump_toml
 from train.console import Console, format_eta  # noqa: F401  (format_eta: public helper)
 from train.evaluate import periodic_eval
 from train.length_gen import build_length_gen, build_tbptt_loader
-from train.metrics import StepLog, TensorBoardLogger, max_memory_gb, peak_flops
+from train.metrics import StepLog, max_memory_gb, peak_flops
 from train.optim import build_optimizer, lr_at
 from train.preemption import REQUEUE_EXIT_CODE, StopFlag, write_exit_record
 from train.step import forward_backward
+from train.wandb_log import build_loggers
 
 
 @dataclass
@@ -107,7 +108,7 @@ def train(cfg: Config, log=print) -> TrainResult:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(config_toml)
-    tb = TensorBoardLogger(run_dir, cfg.metrics.tensorboard and is_main)
+    tb = build_loggers(run_dir, cfg, is_main)   # TensorBoard and/or Weights & Biases
     step_log = StepLog(run_dir, is_main)
     tb.text("config", "```\n" + config_toml + "\n```", step)
     if is_main and hasattr(loader, "describe"):     # a mixture: each source's share and length histogram
@@ -158,7 +159,8 @@ def train(cfg: Config, log=print) -> TrainResult:
         step_log.write(step, loss=loss, lr=lr, grad_norm=float(grad_norm))
         console.step(step, tokens_per_step_device, dt, loss, lr, float(grad_norm),
                      due=step % cfg.train.log_every == 0 or step == total or step == 1 or stop_now)
-        if is_main and cfg.metrics.tensorboard and (step % cfg.train.log_every == 0 or step == total):
+        if is_main and (cfg.metrics.tensorboard or cfg.metrics.wandb) and (step % cfg.train.log_every == 0
+                                                                         or step == total):
             tps = tokens_per_step_device / dt / dims.model_parallel
             tb.scalars(step, {
                 "train/loss": loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
