@@ -1,7 +1,7 @@
 """What a run reports after each step, each on its own cadence: the step log (every step), the
 console (train/console.py: a step line every train.log_every, the first and last step and at a
-stop, a line per checkpoint, a summary), TensorBoard scalars (every train.log_every and the last
-step) and the recurrent state norms (the state-collapse watch).
+stop, a line per checkpoint, a summary), TensorBoard / W&B scalars (every train.log_every and the
+last step) and the recurrent state norms (the state-collapse watch).
 """
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 from train.build import Run
 from train.console import Console
-from train.metrics import StepLog, TensorBoardLogger, max_memory_gb, peak_flops
+from train.metrics import StepLog, max_memory_gb, peak_flops
 from train.step import StepOutput
+from train.wandb_log import build_loggers
 
 
 class Reporter:
@@ -18,7 +19,7 @@ class Reporter:
         cfg = run.cfg
         self.run, self.log, self.total = run, log, cfg.train.steps
         self.run_dir = Path(cfg.train.run_dir)
-        self.tb = TensorBoardLogger(self.run_dir, cfg.metrics.tensorboard and run.is_main)
+        self.tb = build_loggers(self.run_dir, cfg, run.is_main)   # TensorBoard and/or Weights & Biases
         self.step_log = StepLog(self.run_dir, run.is_main)
         self.tb.text("config", "```\n" + config_toml + "\n```", first_step)
         describe = getattr(run.loader, "describe", None)   # a mixture: each source's share and length histogram
@@ -43,7 +44,8 @@ class Reporter:
         every = self.run.cfg.train.log_every
         self.console.step(step, out.tokens, out.seconds, out.loss, out.lr, out.grad_norm,
                           due=step % every == 0 or step == self.total or step == 1 or out.stop_now)
-        if self.run.is_main and self.run.cfg.metrics.tensorboard and (step % every == 0 or step == self.total):
+        m = self.run.cfg.metrics
+        if self.run.is_main and (m.tensorboard or m.wandb) and (step % every == 0 or step == self.total):
             self.scalars(step, out)
 
     def scalars(self, step: int, out: StepOutput) -> None:
