@@ -19,6 +19,7 @@ from train.evaluate import periodic_eval
 from train.preemption import REQUEUE_EXIT_CODE, write_exit_record
 from train.report import Reporter
 from train.step import train_step
+from train.wandb_log import build_loggers
 
 
 @dataclass
@@ -83,7 +84,7 @@ def train(cfg: Config, log=print) -> TrainResult:
     if run.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(config_toml)
-    report = Reporter(run, log, config_toml, step)
+    report = Reporter(run, log, config_toml, step, build_loggers(run_dir, cfg, run.is_main))
     result = TrainResult(run_dir=str(run_dir))
     step = loop(run, step, saver, report, result, log)
     if step >= cfg.train.steps and run.is_main and resumed_from is not None and not result.losses:

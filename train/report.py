@@ -11,15 +11,15 @@ from train.build import Run
 from train.console import Console
 from train.metrics import StepLog, max_memory_gb, peak_flops
 from train.step import StepOutput
-from train.wandb_log import build_loggers
 
 
 class Reporter:
-    def __init__(self, run: Run, log, config_toml: str, first_step: int):
+    def __init__(self, run: Run, log, config_toml: str, first_step: int, tb):
+        """`tb`: the scalar/text/image logger (train/wandb_log.py build_loggers: TensorBoard and/or W&B)."""
         cfg = run.cfg
         self.run, self.log, self.total = run, log, cfg.train.steps
         self.run_dir = Path(cfg.train.run_dir)
-        self.tb = build_loggers(self.run_dir, cfg, run.is_main)   # TensorBoard and/or Weights & Biases
+        self.tb = tb
         self.step_log = StepLog(self.run_dir, run.is_main)
         self.tb.text("config", "```\n" + config_toml + "\n```", first_step)
         describe = getattr(run.loader, "describe", None)   # a mixture: each source's share and length histogram
