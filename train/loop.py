@@ -24,7 +24,7 @@ from parallel.distributed import all_reduce, barrier
 from parallel.grad_clip import clip_gradients
 from parallel.layout import setup_parallel
 from train.checkpoint import Checkpointer
-from train.config import Config, dump_toml
+from train.config import Config, ConfigError, dump_toml
 from train.console import Console, format_eta  # noqa: F401  (format_eta: public helper)
 from train.evaluate import periodic_eval
 from train.length_gen import build_length_gen, build_tbptt_loader
@@ -48,7 +48,7 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("error: train.device='cuda' but no CUDA device is visible; use train.device=cpu")
+            raise ConfigError("train.device='cuda' but no CUDA device is visible; use train.device=cpu")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
