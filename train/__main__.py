@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = train(cfg)
-    except (LayoutError, DataError) as e:
+    except (ConfigError, LayoutError, DataError) as e:   # user errors found while setting up: exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

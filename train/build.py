@@ -16,7 +16,7 @@ from data.loader import build_loader, possible_lengths
 from data.protocol import Loader
 from parallel import Engine, EngineOptions, parallelize
 from parallel.layout import ParallelState, setup_parallel
-from train.config import Config
+from train.config import Config, ConfigError
 from train.length_gen import LengthGen, build_length_gen
 from train.optim import build_optimizer
 from train.preemption import StopFlag
@@ -44,7 +44,7 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("error: train.device='cuda' but no CUDA device is visible; use train.device=cpu")
+            raise ConfigError("train.device='cuda' but no CUDA device is visible; use train.device=cpu")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
