@@ -52,6 +52,7 @@ class MixerSpec:
 
 
 _REGISTRY: dict[str, MixerSpec] = {}
+# the documented symbol order (* W M R -); any other models/*_spec.py is found and loaded after them
 _BUILTINS = ("models.attention_spec", "models.mamba2_spec", "models.griffin_spec", "models.mlp_spec")
 _loaded = False
 
@@ -76,8 +77,18 @@ def _load_builtins() -> None:
         import importlib
 
         _loaded = True
-        for name in _BUILTINS:      # each module registers its specs on import
+        for name in (*_BUILTINS, *_discovered()):      # each module registers its specs on import
             importlib.import_module(name)
+
+
+def _discovered() -> list[str]:
+    """Other `models/*_spec.py` modules: a new built-in mixer needs no line here."""
+    import pkgutil
+
+    import models
+
+    found = (m.name for m in pkgutil.iter_modules(models.__path__, "models.") if m.name.endswith("_spec"))
+    return sorted(name for name in found if name not in _BUILTINS and name != __name__)
 
 
 def registered() -> dict[str, MixerSpec]:
