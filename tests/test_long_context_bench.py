@@ -6,22 +6,26 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_mode_runs_every_part(tmp_path, capsys):
+    """Transformer (attention + RoPE path) and Hawk (recurrent path); Mamba-2 runs in part (c)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import long_context
 
-    assert long_context.main(["--quick", "--stacks", "transformer,mamba2,hawk,hybrid", "--out", str(tmp_path / "out"),
+    assert long_context.main(["--quick", "--stacks", "transformer,hawk", "--out", str(tmp_path / "out"),
                               "--runs", str(tmp_path / "runs")]) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [r["stack"] for r in res["a"]] == ["transformer", "mamba2", "hawk", "hybrid"]
+    assert [r["stack"] for r in res["a"]] == ["transformer", "hawk"]
     assert all(0.0 <= r["passkey_1T"] <= 1.0 and 0.0 <= r["multikey_1T"] <= 1.0 for r in res["a"])
     methods = {(r["stack"], r["method"]) for r in res["b"]}
     for m in ("none", "PI (linear)", "NTK-aware", "YaRN", "truncated (Giraffe)"):
         assert ("transformer", m) in methods
-    for stack in ("mamba2", "hawk"):
+    for stack in ("hawk",):
         for m in ("mitigation: forget more λ=2", "mitigation: window w=T", "post-training: noise init",
                   "post-training: state passing", "post-training: TBPTT"):
             assert (stack, m) in methods
