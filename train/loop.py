@@ -82,7 +82,8 @@ def train(cfg: Config, log=print) -> TrainResult:
     if cfg.lengthgen.tbptt:
         loader = build_tbptt_loader(cfg, pstate.dp_rank, dims.dp)
     if getattr(loader, "vocab_size", 0) > cfg.model.vocab_size:
-        raise DataError(f"the shards' tokenizer has {loader.vocab_size} ids but model.vocab_size is "
+        raise DataError(f"the data (data.source={cfg.data.source}, {cfg.data.path or 'data.sources'}) has "
+                        f"{loader.vocab_size} token ids but model.vocab_size is "
                         f"{cfg.model.vocab_size}; set model.vocab_size >= {loader.vocab_size}")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if device.type == "cuda" and cfg.train.dtype in ("auto", "bfloat16") else nullcontext())
