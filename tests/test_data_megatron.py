@@ -165,3 +165,17 @@ def test_dtype_or_ids_disagreeing_with_the_tokenizer(tmp_path):
         [corpus.doc(0, i)[2:9] for i in range(5)]                       # checked where read
     skipping = MegatronCorpus(str(tmp_path / "p"), skip_corrupt=True)
     assert all(skipping.doc(0, i) is None for i in range(5)) and len(skipping.problems) == 5
+
+
+def _megatron_run(rank, world, path, run_dir, *extra):
+    return train(config(path, run_dir, *extra), log=lambda m: None).losses
+
+
+def test_a_dp2_checkpoint_resumes_on_one_process_with_the_same_global_batches(pool2, mega, tmp_path):
+    two = pool2.run(_megatron_run, str(mega), str(tmp_path / "dp2"), "--train.steps=4", "--checkpoint.every=2")
+    assert two[0] == two[1] and len(two[0]) == 4
+    (tmp_path / "one" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "dp2" / "checkpoints" / "step-0000002", tmp_path / "one" / "checkpoints" / "step-0000002")
+    one = _megatron_run(0, 1, str(mega), str(tmp_path / "one"), "--train.steps=4", "--checkpoint.every=2",
+                        "--checkpoint.resume=auto", "--data.batch_size=4", "--data.num_workers=2")
+    assert len(one) == 2 and max(abs(a - b) for a, b in zip(two[0][2:], one)) < 1e-5   # dp=2·2 rows = 1·4 rows

@@ -23,23 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-from parallel.deepspeed_engine import is_deepspeed, load_deepspeed, save_deepspeed
 from parallel.distributed import barrier, is_dist
+from parallel.engine import load_model_weights
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
-# optimizer hyper-parameters stored per parameter name ("param_groups.<fqn>.lr"), not as one
-# list of groups: a pipeline stage's groups hold only its own parameters, and the per-name
-# form is what lets a checkpoint move between pp layouts (torchtitan does the same)
-OPTIM_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def warn(msg: str) -> None:
@@ -101,19 +92,16 @@ class Checkpointer:
             return None
         return path
 
-    def save(self, step: int, model, optimizer, train_state: dict, config_toml: str,
+    def save(self, step: int, engine, train_state: dict, config_toml: str,
              rank_state: dict | None = None) -> Path:
+        """`engine` (parallel.Engine) writes the model and optimizer state; the rest is ours."""
         final = self.dir / f"step-{step:07d}"
         tmp = self.dir / f".tmp-step-{step:07d}"
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        if is_deepspeed(model):
-            save_deepspeed(model, tmp)         # ZeRO-partitioned optimizer + full weights via DCP
-        else:
-            model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIM_FLAT)
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        engine.save(tmp)
         torch.save({"rng": rng_state(), "extra": rank_state or {}}, tmp / f"rank-{self.rank:05d}.pt")
         barrier()
         if self.rank == 0:
@@ -148,26 +136,16 @@ class Checkpointer:
         fsync_dir(self.dir)
         return final
 
-    def load(self, path: Path, model, optimizer) -> dict:
-        """Load model, optimizer and this rank's RNG from `path`; returns the train state. This
-        rank's extra state (save's rank_state) is left in self.rank_state ({} if there is none).
+    def load(self, path: Path, engine) -> dict:
+        """Load model and optimizer (through `engine`) and this rank's RNG from `path`; returns the
+        train state. This rank's extra state (save's rank_state) is left in self.rank_state ({} if none).
         A weights-only checkpoint (save_initial) loads the model and leaves the rest fresh."""
         train_state = json.loads((path / "train_state.json").read_text())
         self.rank_state = {}
         if train_state.get("weights_only"):
-            if is_deepspeed(model):
-                raise NotImplementedError("resuming an imported (weights-only) checkpoint under DeepSpeed is not "
-                                          "supported; use parallel.engine=ddp or fsdp")
-            load_model_weights(path, model)
+            engine.load_weights(path)
             return train_state
-        if is_deepspeed(model):
-            load_deepspeed(model, path)
-        else:
-            model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIM_FLAT)
-            state = {"model": model_sd, "optim": optim_sd}
-            dcp.load(state, checkpoint_id=str(path))
-            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                           options=OPTIM_FLAT)
+        engine.load(path)
         rank_file = path / f"rank-{self.rank:05d}.pt"
         self.rank_state = {}
         if rank_file.is_file():
@@ -177,15 +155,6 @@ class Checkpointer:
         else:
             warn(f"{rank_file.name} not in {path} (world size changed?); RNG state not restored")
         return json.loads((path / "train_state.json").read_text())
-
-
-def load_model_weights(path: str | Path, model) -> None:
-    """Model weights only (for evaluation), from a checkpoint written by any parallel layout."""
-    sd = {"model": get_model_state_dict(model)}
-    dcp.load(sd, checkpoint_id=str(path))
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-    set_model_state_dict(model, sd["model"], options=StateDictOptions(strict=True))
 
 
 def write_json_synced(path: Path, obj) -> None:
