@@ -4,7 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from train.config import ConfigError, load_config
+from train.preemption import ignore_late_signals, install_early
+
+install_early()     # before anything heavy is imported: a SIGTERM while starting still saves and exits 75
+
+from train.config import ConfigError, load_config  # noqa: E402
 
 
 def parse_args(argv: list[str]):
@@ -26,17 +30,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from data.errors import DataError
     from parallel.dims import LayoutError
+    from train.errors import RunError
     from train.loop import train
+    from train.preemption import record_failure
 
     try:
         result = train(cfg)
-    except (LayoutError, DataError) as e:
+    except (LayoutError, DataError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
+        record_failure(cfg.train.run_dir, 2, e)
         return 2
+    except BaseException as e:
+        record_failure(cfg.train.run_dir, 1, e)
+        raise
     finally:
         from parallel.distributed import destroy
 
         destroy()
+        ignore_late_signals()
     return result.exit_code
 
 

@@ -85,6 +85,8 @@ class TrainConfig:
     deterministic: bool = True
     log_every: int = 10
     time_limit: float = 0.0           # minutes; save and exit with the requeue code before this (0 = none)
+    on_nonfinite: str = choice("stop", "skip")   # non-finite loss/grad norm: stop, or drop the step
+    max_nonfinite: int = 3            # skip: stop after this many non-finite steps in a row
 
 
 @dataclass
@@ -104,6 +106,7 @@ class CheckpointConfig:
     every: int = 100                  # steps between saves (0 = only at the end)
     keep_last: int = 2                # 0 keeps all
     resume: str = "none"              # none | auto | a checkpoint directory
+    allow_model_change: list[str] = field(default_factory=list)   # model keys a resume may change
     save_final: bool = True
 
 
@@ -243,6 +246,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg.model.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    from train.config_checks import check_ranges
+
+    check_ranges(cfg)
     return cfg
 
 

@@ -7,7 +7,6 @@ so the result does not depend on how tokens are split across ranks or micro-batc
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from contextlib import nullcontext
@@ -23,11 +22,13 @@ from parallel import parallelize, wrap_engine
 from parallel.distributed import all_reduce, barrier
 from parallel.grad_clip import clip_gradients
 from parallel.layout import setup_parallel
+from train import runlock
 from train.checkpoint import Checkpointer
 from train.config import Config, dump_toml
 from train.evaluate import periodic_eval
 from train.length_gen import build_length_gen, build_tbptt_loader
 from train.metrics import StepLog, TensorBoardLogger, max_memory_gb, peak_flops
+from train.nonfinite import NonFiniteGuard
 from train.optim import build_optimizer, lr_at
 from train.preemption import REQUEUE_EXIT_CODE, StopFlag, write_exit_record
 from train.step import forward_backward
@@ -60,6 +61,8 @@ def format_eta(seconds: float) -> str:
 
 def train(cfg: Config, log=print) -> TrainResult:
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    lock = runlock.acquire(cfg.train.run_dir) if int(os.environ.get("RANK", "0")) == 0 else None
+    resume_from = Checkpointer(cfg.train.run_dir, 0, 0).resolve(cfg.checkpoint.resume)   # a bad path: before any work
     stop = StopFlag(cfg.train.time_limit).install()   # first: a signal during set-up must not kill the rank
     pstate = setup_parallel(cfg, device)
     dims, rank, world = pstate.dims, pstate.rank, pstate.world
@@ -96,9 +99,8 @@ def train(cfg: Config, log=print) -> TrainResult:
     ckpt = Checkpointer(run_dir, cfg.checkpoint.keep_last, rank)
     config_toml = dump_toml(cfg)
     step = 0
-    resume_from = ckpt.resolve(cfg.checkpoint.resume)
     if resume_from is not None:
-        state = ckpt.load(resume_from, model, optimizer)
+        state = ckpt.load(resume_from, model, optimizer, cfg.model, cfg.checkpoint.allow_model_change)
         step = int(state["step"])
         loader.load_state_dict(state["data"])
         if pstate.length_gen is not None and "length_gen" in ckpt.rank_state:
@@ -130,6 +132,7 @@ def train(cfg: Config, log=print) -> TrainResult:
     result = TrainResult(run_dir=str(run_dir))
     total = cfg.train.steps
     t_start, steps_timed = time.perf_counter(), 0
+    nonfinite = NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite)
     while step < total:
         t0 = time.perf_counter()
         lr = lr_at(step, total, cfg.optim)
@@ -144,14 +147,14 @@ def train(cfg: Config, log=print) -> TrainResult:
         global_count = int(all_reduce(torch.tensor([counts], dtype=torch.float64)).item())
         loss_sum = forward_backward(model, batches, pstate, global_count, autocast)
         grad_norm = clip_gradients(model, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"), pstate)
-        optimizer.step()
+        if not nonfinite.skip_step(step + 1, loss_sum, grad_norm):   # every rank agrees (train/nonfinite.py)
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         # one all-reduce carries the loss and every rank's stop vote
-        stats = all_reduce(torch.stack([loss_sum * float(pstate.is_loss_rank),
-                                        torch.tensor(float(stop.local()), dtype=torch.float64)]))
+        stats = all_reduce(torch.cat([(loss_sum * float(pstate.is_loss_rank)).reshape(1), stop.votes()]))
         loss = stats[0].item() / max(1, global_count)
-        stop_now = stats[1].item() > 0
+        stop_now = stop.agree(stats[1:])                 # the same step and the same reason on every rank
         result.losses.append(loss)
         dt = time.perf_counter() - t0
         steps_timed += 1
@@ -171,12 +174,11 @@ def train(cfg: Config, log=print) -> TrainResult:
                 "perf/max_memory_gb": max_memory_gb(device),
                 "data/seq_len": seq_len, "data/batch_size": batch_rows,
                 "data/skipped_corrupt": getattr(loader, "skipped_documents", None),   # data.skip_corrupt
+                "train/nonfinite_skipped": nonfinite.skipped,                          # train.on_nonfinite
             })
             if cfg.metrics.state_norms:  # recurrent (M, R) final-state norms: the state-collapse watch
                 norms = getattr(getattr(model, "module", model), "last_state_norms", None) or {}
                 tb.scalars(step, {f"state_norm/layer_{i}": float(v) for i, v in sorted(norms.items())})
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step}; lower optim.lr or check the data")
         if cfg.eval.every > 0 and step % cfg.eval.every == 0:
             periodic_eval(model, cfg, step, tb, is_main, device)
         every = cfg.checkpoint.every
@@ -197,6 +199,7 @@ def train(cfg: Config, log=print) -> TrainResult:
     if is_main:
         write_exit_record(run_dir, result.exit_code, step, stop.reason)
     barrier()
+    runlock.release(lock)
     result.final_step = step
     return result
 
