@@ -53,3 +53,7 @@ def test_cli_exits_2_with_one_line(override, tmp_path):
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cuda_is_checked_by_the_trainer_not_at_load():
+    load_config("configs/tiny.toml", ["--train.device=cuda"])      # a login node may load a GPU recipe

@@ -250,3 +250,18 @@ def test_supervisor_passes_real_failures_through(tmp_path):
     (tmp_path / "exit.json").write_text(json.dumps({"exit_code": 75, "step": 1}))    # stale: cleared at start
     assert supervise([sys.executable, "-c", "import sys; sys.exit(1)"], tmp_path, log=lambda *a, **k: None) == 1
     assert supervise([sys.executable, "-c", "pass"], tmp_path, log=lambda *a, **k: None) == 0
+
+
+def test_launcher_runs_the_trainers_layout_validation(capsys, monkeypatch, tmp_path):
+    """A layout the trainer would refuse (heads not divisible by tp, seq_len not divisible by sp) is
+    one line and exit 2 at --dry-run, before torchrun or sbatch."""
+    monkeypatch.setattr("launch.sbatch.submit", lambda path: (_ for _ in ()).throw(AssertionError("submitted")))
+    rc, out, err = run_cli(capsys, "slurm", "--gpus-per-node", "3", "--parallel.tp=3", "--dry-run",
+                           f"--train.run_dir={tmp_path}")
+    assert rc == 2 and err.strip().count("\n") == 0 and "parallel.tp=3" in err and not out, err
+    rc, out, err = run_cli(capsys, "local", "--nproc-per-node", "2", "--parallel.sp=2", "--data.seq_len=33",
+                           "--dry-run", f"--train.run_dir={tmp_path}")
+    assert rc == 2 and err.strip().count("\n") == 0 and "multiples of parallel.sp=2" in err and not out, err
+    rc, out, _ = run_cli(capsys, "local", "--nproc-per-node", "2", "--parallel.sp=2", "--data.seq_len=32",
+                         "--dry-run", f"--train.run_dir={tmp_path}")
+    assert rc == 0 and "torch.distributed.run" in out

@@ -25,7 +25,9 @@ from parallel.layout import setup_parallel
 from train import runlock
 from train.checkpoint import Checkpointer
 from train.config import Config, dump_toml
+from train.errors import RunError
 from train.evaluate import periodic_eval
+from train.layout_check import validate_run_layout
 from train.length_gen import build_length_gen, build_tbptt_loader
 from train.metrics import StepLog, TensorBoardLogger, max_memory_gb, peak_flops
 from train.nonfinite import NonFiniteGuard
@@ -47,7 +49,7 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("error: train.device='cuda' but no CUDA device is visible; use train.device=cpu")
+            raise RunError("train.device='cuda' but no CUDA device is visible; use train.device=cpu")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -66,6 +68,7 @@ def train(cfg: Config, log=print) -> TrainResult:
     stop = StopFlag(cfg.train.time_limit).install()   # first: a signal during set-up must not kill the rank
     pstate = setup_parallel(cfg, device)
     dims, rank, world = pstate.dims, pstate.rank, pstate.world
+    validate_run_layout(cfg, world)        # the same check the launcher runs before starting anything
     is_main = rank == 0
     torch.manual_seed(cfg.train.seed)
     if cfg.train.deterministic:
@@ -78,9 +81,6 @@ def train(cfg: Config, log=print) -> TrainResult:
     flops_tok = models.flops_per_token(model, seq_len)
     # curricula change the row length per step; MFU uses the FLOPs of the length actually trained
     flops_by_len = {n: models.flops_per_token(model, n) for n in possible_lengths(cfg.data)}
-    if any(n % dims.sp for n in flops_by_len):
-        raise DataError(f"the data's row lengths {sorted(flops_by_len)} must all be multiples of parallel.sp="
-                        f"{dims.sp}; make data.curriculum_len_step / data.dd_min_len a multiple of it")
     n_params = sum(p.numel() for p in model.parameters())
     model = parallelize(model, pstate, cfg, device)
     optimizer = build_optimizer(model, cfg.optim, device)
