@@ -8,6 +8,10 @@ stream is infinite, offset x lies in epoch x // N at x % N (N = tokens per epoch
 `read(x, n)` returns stream[x : x+n] with each token's position inside its document, a key
 that is unique per (epoch, document) and whether the token is valid (False for a document
 found corrupt mid-run under skip_corrupt).
+
+Optional per-document counts (a mixture's length filters and long-document upsampling, see
+data/mixture.py) repeat a document `count` times in every epoch, or drop it at 0; the copies
+are shuffled like distinct documents.
 """
 from __future__ import annotations
 
@@ -22,12 +26,13 @@ from data.errors import DataError
 class EpochLayout:
     """Document order and start offsets of one epoch."""
 
-    def __init__(self, lengths: list[np.ndarray], seed: int, epoch: int):
+    def __init__(self, lengths: list[np.ndarray], seed: int, epoch: int, counts: list[np.ndarray] | None = None):
         rng = np.random.default_rng([seed, epoch, 0x5EED])
         order = rng.permutation(len(lengths))
         shards, locals_, lens = [], [], []
         for s in order:
-            perm = np.random.default_rng([seed, epoch, int(s), 0xD0C]).permutation(len(lengths[s]))
+            items = np.arange(len(lengths[s])) if counts is None else np.repeat(np.arange(len(lengths[s])), counts[s])
+            perm = items[np.random.default_rng([seed, epoch, int(s), 0xD0C]).permutation(len(items))]
             shards.append(np.full(len(perm), s, dtype=np.int64))
             locals_.append(perm.astype(np.int64))
             lens.append(lengths[s][perm])
@@ -43,17 +48,18 @@ class EpochLayout:
 
 
 class ConcatStream:
-    def __init__(self, corpus: ShardCorpus, seed: int):
-        self.corpus, self.seed = corpus, seed
-        self.epoch_tokens = int(sum(int(x.sum()) for x in corpus.lengths))
+    def __init__(self, corpus: ShardCorpus, seed: int, counts: list[np.ndarray] | None = None):
+        self.corpus, self.seed, self.counts = corpus, seed, counts
+        weights = corpus.lengths if counts is None else [x * c for x, c in zip(corpus.lengths, counts)]
+        self.epoch_tokens = int(sum(int(x.sum()) for x in weights))
         if self.epoch_tokens == 0:
             raise DataError(f"{corpus.directory} holds no readable tokens")
-        self.n_docs = int(sum(len(x) for x in corpus.lengths))
+        self.n_docs = int(sum(len(x) for x in corpus.lengths) if counts is None else sum(int(c.sum()) for c in counts))
         self._layouts: OrderedDict[int, EpochLayout] = OrderedDict()
 
     def layout(self, epoch: int) -> EpochLayout:
         if epoch not in self._layouts:
-            self._layouts[epoch] = EpochLayout(self.corpus.lengths, self.seed, epoch)
+            self._layouts[epoch] = EpochLayout(self.corpus.lengths, self.seed, epoch, self.counts)
             while len(self._layouts) > 2:
                 self._layouts.popitem(last=False)
         return self._layouts[epoch]

@@ -6,7 +6,10 @@ with any number of data-parallel ranks.
 
 - data.source = "synthetic": the embedded corpus, generated on the fly (SyntheticLoader);
 - data.source = "shards":    a `python -m data.prepare` directory (data/stream.py ShardLoader),
-  with data.packing = concat | dd and the loader workers of data.num_workers.
+  with data.packing = concat | dd and the loader workers of data.num_workers;
+- data.source = "megatron":  Megatron .bin/.idx prefixes through megatron-core (data/megatron.py),
+  the same loader over another document corpus;
+- data.source = "mixture":   the weighted [[data.sources]] of data/mixture.py.
 Sequence-length warmup (data.curriculum) applies to both; its state is the step counter.
 """
 from __future__ import annotations
@@ -74,10 +77,17 @@ def build_warmup(data_cfg) -> SeqLenWarmup | None:
 def build_loader(data_cfg, dp_rank: int = 0, dp_size: int = 1):
     """The loader the data config asks for (`data.source`)."""
     warmup = build_warmup(data_cfg)
+    if getattr(data_cfg, "sources", None) and data_cfg.source != "mixture":
+        raise DataError(f"[[data.sources]] tables are set but data.source={data_cfg.source!r}; set "
+                        "data.source='mixture' to train on them")
     if data_cfg.source == "synthetic":
         if data_cfg.packing != "concat":
             raise DataError("data.packing='dd' needs data.source='shards'; write the synthetic corpus as shards "
                             "with `python -m data.prepare --synthetic N --output DIR`")
+        if getattr(data_cfg, "corpus", "classic") == "sized":     # the context-sized corpus with task documents
+            from data.tasks.corpus import SizedLoader
+
+            return SizedLoader(data_cfg, dp_rank, dp_size, warmup.length if warmup is not None else None)
         return SyntheticLoader(data_cfg.seq_len, data_cfg.batch_size, dp_rank, dp_size, data_cfg.seed,
                                data_cfg.min_doc_chars, data_cfg.max_doc_chars,
                                warmup.length if warmup is not None else None)
@@ -89,7 +99,24 @@ def build_loader(data_cfg, dp_rank: int = 0, dp_size: int = 1):
         return ShardLoader(data_cfg.path, data_cfg.seq_len, data_cfg.batch_size, dp_rank, dp_size,
                            data_cfg.seed, data_cfg.num_workers, data_cfg.skip_corrupt, data_cfg.packing, warmup,
                            data_cfg.dd_min_len, data_cfg.dd_max_len, data_cfg.dd_order)
-    raise DataError(f"data.source={data_cfg.source!r} is not implemented; use 'synthetic' or 'shards'")
+    if data_cfg.source == "megatron":
+        from data.megatron import MegatronCorpus
+        from data.stream import ShardLoader
+
+        if not data_cfg.path:
+            raise DataError("data.source='megatron' needs data.path=PREFIX (PREFIX.bin + PREFIX.idx) or a "
+                            "directory of prefixes")
+        corpus = MegatronCorpus(data_cfg.path, skip_corrupt=data_cfg.skip_corrupt)
+        return ShardLoader(data_cfg.path, data_cfg.seq_len, data_cfg.batch_size, dp_rank, dp_size,
+                           data_cfg.seed, data_cfg.num_workers, data_cfg.skip_corrupt, data_cfg.packing, warmup,
+                           data_cfg.dd_min_len, data_cfg.dd_max_len, data_cfg.dd_order, corpus=corpus,
+                           source="megatron")
+    if data_cfg.source == "mixture":
+        from data.mixture import build_mixture_loader
+
+        return build_mixture_loader(data_cfg, dp_rank, dp_size, warmup)
+    raise DataError(f"data.source={data_cfg.source!r} is not implemented; use synthetic, shards, megatron "
+                    "or mixture")
 
 
 def possible_lengths(data_cfg) -> list[int]:

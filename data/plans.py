@@ -30,6 +30,12 @@ from data.layout import ConcatStream
 Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # tokens, labels, positions, doc_ids
 
 
+def epoch_messages(name: str, epoch_tokens: int, before: int, after: int) -> list[str]:
+    old, new = before // epoch_tokens, after // epoch_tokens
+    return [f"data: {name} ran dry after {epoch_tokens:,} tokens (epoch {old}); starting epoch {new}, "
+            "reshuffled"] if new > old else []
+
+
 class ConcatPlan:
     kind = "concat"
 

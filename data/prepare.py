@@ -2,6 +2,8 @@
 
     python -m data.prepare --input corpus/ more.jsonl --output shards/ --tokenizer byte
     python -m data.prepare --synthetic 20000 --output shards/          # the embedded corpus
+    python -m data.prepare --input corpus/ --output mega/ --format megatron   # mega/text_document.bin/.idx
+    python -m data.prepare --input-hf local_dataset/ --split train --field text --tokenizer hf:tok/ --output out/
     options: --tokenizer byte|tiktoken:NAME|hf:PATH  --shard-tokens N  --workers K
              --jsonl-field text  --seed S (synthetic)  --overwrite
 
@@ -39,6 +41,7 @@ class PrepareError(DataError):
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 TASK_DOCS = 64          # documents per task sent to a tokenizer worker
+MEGATRON_PREFIX = "text_document"   # --format megatron writes OUTPUT/text_document.{bin,idx,json}
 
 
 class Skipped:
@@ -117,6 +120,8 @@ def _tokenize(task: tuple) -> list[np.ndarray]:
         texts = [synthetic_document(seed, i, lo, hi) for i in range(start, stop)]
     else:
         texts = task[1]
+    if hasattr(_TOKENIZER, "encode_documents"):        # a fast tokenizer encodes the batch at once
+        return _TOKENIZER.encode_documents(texts)
     return [_TOKENIZER.encode_document(t) if t.strip() else np.empty(0, np.int64) for t in texts]
 
 
@@ -126,6 +131,12 @@ def make_tasks(args, skipped: Skipped) -> Iterator[tuple]:
             yield ("synthetic", args.seed, start, min(args.synthetic, start + TASK_DOCS), args.min_chars,
                    args.max_chars)
         return
+    if args.input_hf:                        # a local Hugging Face dataset, streamed in batches
+        from data.hf_input import hf_texts
+
+        for texts in hf_texts(args.input_hf, args.split, args.field, args.batch_docs, skipped):
+            yield ("text", texts)
+        return
     batch: list[str] = []
     for text in iter_texts(find_inputs(args.input, skipped), args.jsonl_field, skipped):
         batch.append(text)
@@ -134,6 +145,21 @@ def make_tasks(args, skipped: Skipped) -> Iterator[tuple]:
             batch = []
     if batch:
         yield ("text", batch)
+
+
+def tokenized(args, tokenizer, skipped: Skipped) -> Iterator[list[np.ndarray]]:
+    """Token arrays of every task, in input order, tokenized on --workers processes."""
+    tasks = make_tasks(args, skipped)
+    if args.workers <= 1:
+        _init_worker(tokenizer.name)
+        yield from map(_tokenize, tasks)
+        return
+    pool = mp.get_context("fork").Pool(args.workers, _init_worker, (tokenizer.name,))
+    try:
+        yield from pool.imap(_tokenize, tasks, chunksize=1)
+    finally:
+        pool.close()
+        pool.join()
 
 
 class Progress:
@@ -163,13 +189,15 @@ class Progress:
               f"{self.tokens / dt:,.0f} tokens/s", end=end, file=sys.stderr, flush=True)
 
 
-def prepare(args) -> Manifest:
+def prepare(args) -> Manifest | np.ndarray:
     out = Path(args.output)
     if (out / MANIFEST).exists() and not args.overwrite:
         raise PrepareError(f"{out / MANIFEST} exists; pass --overwrite or choose another --output")
-    if not args.synthetic and not args.input:
-        raise PrepareError("give --input PATH... or --synthetic N")
+    if not args.synthetic and not args.input and not args.input_hf:
+        raise PrepareError("give --input PATH..., --input-hf PATH or --synthetic N")
     tokenizer = get_tokenizer(args.tokenizer)
+    if args.format == "megatron":
+        return prepare_megatron(args, tokenizer)
     for stale in out.glob("shard-*.tar") if args.overwrite else ():   # an older, larger run's shards
         stale.unlink()
     dtype = token_dtype(tokenizer.vocab_size)
@@ -177,28 +205,15 @@ def prepare(args) -> Manifest:
     writer = ShardWriter(out, dtype, args.shard_tokens)
     progress = Progress(not args.quiet)
     t0 = time.perf_counter()
-    tasks = make_tasks(args, skipped)
-    pool = None
-    if args.workers > 1:
-        pool = mp.get_context("fork").Pool(args.workers, _init_worker, (tokenizer.name,))
-        results = pool.imap(_tokenize, tasks, chunksize=1)
-    else:
-        _init_worker(tokenizer.name)
-        results = map(_tokenize, tasks)
-    try:
-        for docs in results:
-            n_tok = 0
-            for d in docs:
-                if len(d) == 0:
-                    skipped.empty_documents += 1
-                    continue
-                writer.add(d)
-                n_tok += len(d)
-            progress.update(len(docs), n_tok, len(writer.shards))
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+    for docs in tokenized(args, tokenizer, skipped):
+        n_tok = 0
+        for d in docs:
+            if len(d) == 0:
+                skipped.empty_documents += 1
+                continue
+            writer.add(d)
+            n_tok += len(d)
+        progress.update(len(docs), n_tok, len(writer.shards))
     shards, lengths = writer.close()
     progress.update(0, 0, len(shards), final=True)
     np.save(out / LENGTHS, lengths)
@@ -207,7 +222,7 @@ def prepare(args) -> Manifest:
     manifest = Manifest(
         tokenizer.name, int(tokenizer.vocab_size), int(tokenizer.eos), dtype, shards, skipped.to_json(),
         {"args": sys.argv[1:] if args.argv is None else args.argv, "time": datetime.now(timezone.utc).isoformat(),
-         "inputs": args.input, "synthetic": args.synthetic, "seed": args.seed, "shard_tokens": args.shard_tokens,
+         "inputs": args.input or args.input_hf, "synthetic": args.synthetic, "seed": args.seed, "shard_tokens": args.shard_tokens,
          "workers": args.workers, "seconds": round(seconds, 3),
          "tokens_per_second": round(int(lengths.sum()) / max(seconds, 1e-9), 1)}, checksums_file=CHECKSUMS)
     manifest.write(out)
@@ -222,14 +237,51 @@ def prepare(args) -> Manifest:
     return manifest
 
 
+def prepare_megatron(args, tokenizer) -> np.ndarray:
+    """--format megatron: the same documents into OUTPUT/text_document.bin/.idx (megatron-core's builder)."""
+    from data.megatron import MegatronWriter
+
+    out = Path(args.output)
+    prefix = out / MEGATRON_PREFIX
+    if Path(f"{prefix}.idx").exists() and not args.overwrite:
+        raise DataError(f"{prefix}.idx exists; pass --overwrite or choose another --output")
+    writer = MegatronWriter(prefix, tokenizer.vocab_size)
+    skipped, progress, t0 = Skipped(), Progress(not args.quiet), time.perf_counter()
+    for docs in tokenized(args, tokenizer, skipped):
+        kept = [d for d in docs if len(d)]
+        skipped.empty_documents += len(docs) - len(kept)
+        for d in kept:
+            writer.add(d)
+        progress.update(len(docs), sum(len(d) for d in kept), 0)
+    lengths = writer.close(tokenizer.name, tokenizer.vocab_size, tokenizer.eos)
+    progress.update(0, 0, 0, final=True)
+    seconds = time.perf_counter() - t0
+    if skipped.empty_documents:
+        print(f"warning: dropped {skipped.empty_documents} empty document(s)", file=sys.stderr)
+    for path, counts in skipped.files.items():
+        print(f"warning: skipped {sum(counts.values())} document(s) from {path}: "
+              + ", ".join(f"{k} ×{v}" for k, v in counts.items()), file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {len(lengths):,} documents, {int(lengths.sum()):,} tokens to {prefix}.bin/.idx in "
+              f"{seconds:.2f}s ({int(lengths.sum()) / max(seconds, 1e-9):,.0f} tokens/s)")
+    return lengths
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
     p.add_argument("--input", nargs="+", default=[], help=".txt / .jsonl files or directories of them")
     p.add_argument("--output", required=True, help="shard directory to create")
     p.add_argument("--tokenizer", default="byte", help="byte | tiktoken:NAME | hf:PATH (default byte)")
+    p.add_argument("--format", choices=("shards", "megatron"), default="shards",
+                   help="shards (webdataset + manifest.json) or megatron (.bin/.idx via megatron-core)")
     p.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard before starting a new one")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     p.add_argument("--jsonl-field", default="text", help="field holding the text in .jsonl lines")
+    p.add_argument("--input-hf", default="", help="a local Hugging Face dataset: parquet/arrow/json(l) file, a "
+                   "directory of them, or a save_to_disk directory (streamed, never downloaded)")
+    p.add_argument("--split", default="train", help="--input-hf: the split to read (default train)")
+    p.add_argument("--field", default="text", help="--input-hf: the column holding the text (default text)")
+    p.add_argument("--batch-docs", type=int, default=512, help="--input-hf: documents per tokenizer batch")
     p.add_argument("--synthetic", type=int, default=0, help="write N documents of the embedded synthetic corpus")
     p.add_argument("--seed", type=int, default=1234, help="synthetic corpus seed")
     p.add_argument("--min-chars", type=int, default=400, help="synthetic document size range (characters)")

@@ -45,38 +45,21 @@ class _Steps(IterableDataset):
             index += 1
 
 
-class ShardLoader:
-    """Batches from a `python -m data.prepare` directory (data.source = "shards")."""
+class PlanLoader:
+    """Batches of a step plan, made by `num_workers` processes; the state is the plan's (global)."""
 
-    def __init__(self, path: str, seq_len: int, batch_size: int, dp_rank: int = 0, dp_size: int = 1,
-                 seed: int = 0, num_workers: int = 0, skip_corrupt: bool = False, packing: str = "concat",
-                 warmup: SeqLenWarmup | None = None, dd_min_len: int = 64, dd_max_len: int = 0,
-                 dd_order: str = "uniform", log=None):
-        if not 0 <= dp_rank < dp_size:
-            raise ValueError(f"dp_rank {dp_rank} outside 0..{dp_size - 1}")
+    source = "plan"
+
+    def __init__(self, plan, corpus, dp_rank: int, seed: int, num_workers: int, packing: str, log=None):
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.seed, self.packing, self.num_workers = seed, packing, num_workers
-        self.dp_rank, self.dp_size = dp_rank, dp_size
-        if packing == "dd":
-            if warmup is not None:
-                raise DataError("data.curriculum (sequence-length warmup) and data.packing='dd' do not combine; "
-                                 "Dataset Decomposition is its own length curriculum (data.dd_order)")
-            self.corpus = ShardCorpus(path, skip_corrupt)
-            max_len = dd_max_len or seq_len
-            dec = decompose(np.concatenate(self.corpus.lengths), dd_min_len, max_len, seed)
-            self.corpus.cache_shards = len(dec.bucket_lens) + 2   # buckets walk the shards at their own pace
-            self.plan = DDPlan(self.corpus, dec, seed, batch_size, seq_len, dp_size, dd_order)
-        elif packing == "concat":
-            self.corpus = ShardCorpus(path, skip_corrupt, cache_shards=2)   # the stream moves shard by shard
-            length_at = warmup.length if warmup is not None else (lambda t: seq_len)
-            self.plan = ConcatPlan(ConcatStream(self.corpus, seed), batch_size, dp_size, length_at)
-        else:
-            raise DataError(f"data.packing must be concat or dd; got {packing!r}")
+        self.plan, self.corpus, self.dp_rank = plan, corpus, dp_rank
+        self.seed, self.num_workers, self.packing = seed, num_workers, packing
         self.state = self.plan.initial_state()
         self.skipped: dict[str, int] = {}         # corrupt-data events → documents skipped
         self._note(self.corpus.problems)
         self._iter = None
         self._loader = None
+
 
     @property
     def vocab_size(self) -> int:
@@ -97,7 +80,9 @@ class ShardLoader:
         rows, problems = next(self._iter)
         self._note(problems)
         spec = self.plan.spec(self.state)
-        self.state = self.plan.advance(self.state, spec)
+        before, self.state = self.state, self.plan.advance(self.state, spec)
+        for msg in getattr(self.plan, "epoch_events", lambda a, b: [])(before, self.state):
+            self.log(msg)                   # a mixture's source ran dry: its next epoch starts
         rows = torch.as_tensor(rows)
         return Batch(rows[0], rows[1], rows[2], rows[3].int())
 
@@ -122,16 +107,46 @@ class ShardLoader:
         self._iter = self._loader = None
 
     def state_dict(self) -> dict:
-        return {"source": "shards", "packing": self.packing, "seed": self.seed, **self.state,
+        return {"source": self.source, "packing": self.packing, "seed": self.seed, **self.state,
                 "skipped_corrupt": self.skipped_documents, "skipped_events": dict(self.skipped)}
 
     def load_state_dict(self, state: dict) -> None:
-        for key, want in (("source", "shards"), ("packing", self.packing), ("seed", self.seed)):
+        for key, want in (("source", self.source), ("packing", self.packing), ("seed", self.seed)):
             if state.get(key) != want:
                 raise DataError(f"checkpoint's data state has {key}={state.get(key)!r} but this run uses "
-                                 f"{want!r}; resume with the same data settings")
+                                 f"{want!r}; resume with the same data settings, or train in a new run directory "
+                                 "(--train.run_dir=runs/NEW)")
         fresh = self.plan.initial_state()
         self.state = {k: state[k] for k in fresh}
         # corrupt-data events seen before the checkpoint keep counting (each event once)
         self.skipped = {**{str(k): int(v) for k, v in state.get("skipped_events", {}).items()}, **self.skipped}
         self.close()
+
+
+class ShardLoader(PlanLoader):
+    """Batches from a `python -m data.prepare` directory (data.source = "shards"), or from another
+    document corpus with the same interface (`corpus=`, e.g. data/megatron.py's, with `source=`)."""
+
+    def __init__(self, path: str, seq_len: int, batch_size: int, dp_rank: int = 0, dp_size: int = 1,
+                 seed: int = 0, num_workers: int = 0, skip_corrupt: bool = False, packing: str = "concat",
+                 warmup: SeqLenWarmup | None = None, dd_min_len: int = 64, dd_max_len: int = 0,
+                 dd_order: str = "uniform", log=None, corpus=None, source: str = "shards"):
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank {dp_rank} outside 0..{dp_size - 1}")
+        self.source, self.dp_size = source, dp_size
+        if packing == "dd":
+            if warmup is not None:
+                raise DataError("data.curriculum (sequence-length warmup) and data.packing='dd' do not combine; "
+                                 "Dataset Decomposition is its own length curriculum (data.dd_order)")
+            corpus = corpus or ShardCorpus(path, skip_corrupt)
+            max_len = dd_max_len or seq_len
+            dec = decompose(np.concatenate(corpus.lengths), dd_min_len, max_len, seed)
+            corpus.cache_shards = len(dec.bucket_lens) + 2   # buckets walk the shards at their own pace
+            plan = DDPlan(corpus, dec, seed, batch_size, seq_len, dp_size, dd_order)
+        elif packing == "concat":
+            corpus = corpus or ShardCorpus(path, skip_corrupt, cache_shards=2)   # the stream moves shard by shard
+            length_at = warmup.length if warmup is not None else (lambda t: seq_len)
+            plan = ConcatPlan(ConcatStream(corpus, seed), batch_size, dp_size, length_at)
+        else:
+            raise DataError(f"data.packing must be concat or dd; got {packing!r}")
+        super().__init__(plan, corpus, dp_rank, seed, num_workers, packing, log)

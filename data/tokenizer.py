@@ -86,6 +86,18 @@ class HFTokenizer:
         ids = self._tok(text, add_special_tokens=False)["input_ids"]
         return np.asarray([*ids, self.eos], dtype=np.int64)
 
+    def encode_documents(self, texts: list[str]) -> list[np.ndarray]:
+        """encode_document of each text; a fast tokenizer encodes the batch at once (in parallel, in Rust).
+
+        Blank texts come back empty, as data.prepare expects (it drops them)."""
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        out = [np.empty(0, np.int64) for _ in texts]
+        if keep:
+            ids = self._tok([texts[i] for i in keep], add_special_tokens=False)["input_ids"]
+            for i, row in zip(keep, ids):
+                out[i] = np.asarray([*row, self.eos], dtype=np.int64)
+        return out
+
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids])
 

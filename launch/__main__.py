@@ -139,7 +139,7 @@ def cmd_status(args, overrides: list[str]) -> int:
         raise LaunchError(f"status takes a run directory only; unexpected {' '.join(overrides)}")
     info = rundir.status(args.run_dir)
     print(json.dumps(info, indent=2, default=str) if args.json else rundir.describe(info))
-    return 0 if info["exists"] else 1
+    return 0 if info["exists"] else 2   # a path that is not a run is a user error
 
 
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD"}

@@ -118,7 +118,8 @@ def describe(info: dict) -> str:
     if ex:
         what = ("preempted, checkpoint saved: resume with `python -m launch resume " + info["run_dir"] + "`"
                 if ex["exit_code"] == REQUEUE_EXIT_CODE else "finished" if ex["exit_code"] == 0 else "failed")
-        lines.append(f"last exit    {ex['exit_code']} at step {ex['step']} ({ex['reason']}): {what}")
+        why = f" ({ex['reason']})" if ex["reason"] else ""
+        lines.append(f"last exit    {ex['exit_code']} at step {ex['step']}{why}" + ("" if what == ex["reason"] else f": {what}"))
     if info.get("last_launch"):
         ll = info["last_launch"]
         job = f"  job {ll['job_id']}" + (f" {info['job_state']}" if info.get("job_state") else "") \

@@ -18,7 +18,16 @@ from pathlib import Path
 from launch.env import LaunchError
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATE = REPO / "slurm" / "train.sbatch"
+
+
+def template_path() -> Path:
+    """slurm/train.sbatch from the checkout or the installed wheel's share/longweave."""
+    from train.assets import find_asset
+
+    found = find_asset("slurm/train.sbatch")
+    if found is None:
+        raise LaunchError("slurm/train.sbatch is not installed; reinstall longweave or run from its checkout")
+    return found
 TIME_FORMAT = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 
 
@@ -27,7 +36,7 @@ class SlurmSpec:
     nodes: int = 1
     gpus_per_node: int = 0
     nproc_per_node: int = 0           # 0: gpus_per_node (or 1 on CPU)
-    cpus_per_task: int = 0            # 0: 8 per GPU, or one per process on CPU
+    cpus_per_task: int = 0            # 0: sinfo's CPUs per node for GPU jobs, one per process on CPU
     time: str = "04:00:00"
     partition: str = ""
     account: str = ""
@@ -76,12 +85,43 @@ def slurm_minutes(value: str) -> float:
     return (int(days or 0) * 24 + h) * 60 + m + sec / 60
 
 
+def partition_cpus(partition: str) -> int | None:
+    """CPUs per node that `sinfo` reports for `partition` (the smallest, if nodes differ); None if it cannot say."""
+    cmd = ["sinfo", "-h", "-o", "%c", *(["-p", partition] if partition else [])]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=20)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    counts = [int(m.group()) for line in out.stdout.split() if (m := re.match(r"\d+", line))]
+    return min(counts) if out.returncode == 0 and counts else None
+
+
+def cpus_per_task(spec: SlurmSpec) -> tuple[int, str]:
+    """(CPUs for the one task per node, where that number comes from) -- said in the rendered script.
+
+    GPU nodes differ too much (32 to 224 CPUs for 8 GPUs) for a fixed guess: without
+    --cpus-per-task the partition's CPUs per node come from sinfo, and without sinfo it is an error.
+    """
+    if spec.cpus_per_task:
+        return spec.cpus_per_task, "from --cpus-per-task"
+    if not spec.gpus_per_node:
+        return spec.processes_per_node(), "one per process (CPU job; --cpus-per-task sets it)"
+    cpus = partition_cpus(spec.partition)
+    if cpus is None:
+        raise LaunchError("GPU jobs need --cpus-per-task (the CPUs of one node for its "
+                          f"{spec.processes_per_node()} processes, e.g. --cpus-per-task 64); sinfo could not say "
+                          "how many the partition's nodes have")
+    where = f"partition {spec.partition}" if spec.partition else "the default partition"
+    return cpus, f"the CPUs per node sinfo reports for {where} (--cpus-per-task overrides)"
+
+
 def render(spec: SlurmSpec, config_path: str | Path, run_dir: str | Path,
            python: str = sys.executable, workdir: str | Path | None = None) -> str:
     """The sbatch script text for `spec`, running `python -m launch local` on the resolved config."""
     spec.check()
     nproc = spec.processes_per_node()
-    cpus = spec.cpus_per_task or (8 * spec.gpus_per_node if spec.gpus_per_node else nproc)
+    cpus, cpus_source = cpus_per_task(spec)
+    template = template_path()
     directives = []
     if spec.gpus_per_node:
         directives.append(f"--gpus-per-node={spec.gpus_per_node}")
@@ -98,15 +138,15 @@ def render(spec: SlurmSpec, config_path: str | Path, run_dir: str | Path,
         "signal_lead": spec.signal_lead,
         "directives": "\n".join(f"#SBATCH {d}" for d in directives),
         "workdir": shlex.quote(str(Path(workdir or Path.cwd()).absolute())),
-        "repo": shlex.quote(str(REPO)), "python": shlex.quote(python),
+        "repo": shlex.quote(str(template.parent.parent)), "python": shlex.quote(python),
         "omp_threads": max(1, cpus // nproc), "max_requeues": spec.max_requeues, "exports": exports,
-        "cpus_per_task": cpus, "nproc_per_node": nproc,
+        "cpus_per_task": cpus, "nproc_per_node": nproc, "cpus_source": cpus_source,
         # the step asks for the GPUs itself: since SLURM 22.05 srun no longer inherits some job options
         "srun_gpus": f" --gpus-per-node={spec.gpus_per_node}" if spec.gpus_per_node else "",
         "config": shlex.quote(str(Path(config_path).absolute())),
         "run_dir": shlex.quote(str(Path(run_dir).absolute())),
     }
-    text = TEMPLATE.read_text()
+    text = template.read_text()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", str(value))
     left = re.findall(r"\{\{(\w+)\}\}", text)

@@ -19,7 +19,7 @@ from kernels.segments import segment_ids
 from models.config import ModelConfig
 from models.context import MixerContext
 from models.local_attention import banded_window_attention
-from models.rope import apply_rope, rope_angles
+from models.rope import apply_rope, rope_angles, rope_spec, rotary_dim
 
 
 def keep_last(z: torch.Tensor, n: int) -> torch.Tensor:
@@ -33,25 +33,37 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.attn_head_dim
         self.window = window
-        self.rope_theta = cfg.rope_theta
-        self.wq = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+        self.rope = rope_spec(cfg)
+        self.rotary_dim = rotary_dim(self.head_dim, cfg.rope_fraction)
+        qkv_bias = cfg.attn_qkv_bias
+        self.wq = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=cfg.attn_out_bias)
         self.wo.is_residual_out = True
 
-    def project_qkv(self, x: torch.Tensor, positions: torch.Tensor):
+    def rope_length(self, positions: torch.Tensor, sp=None) -> int | None:
+        """Dynamic NTK's length: 1 + the largest position of the call (over all sequence-parallel
+        ranks, so each rank rotates with the same frequencies); None for every other scaling."""
+        if self.rope.scaling != "dynamic":
+            return None
+        top = positions.max()
+        if sp is not None:
+            top = sp.global_max(top)
+        return int(top) + 1
+
+    def project_qkv(self, x: torch.Tensor, positions: torch.Tensor, sp=None):
         """q [B, T, H, D], k and v [B, T, Hkv, D], with RoPE applied to q and k."""
         b, t, _ = x.shape
         # head counts come from the weights so a tensor-parallel shard (fewer local heads) works unchanged
         q = self.wq(x).view(b, t, -1, self.head_dim)
         k = self.wk(x).view(b, t, -1, self.head_dim)
         v = self.wv(x).view(b, t, -1, self.head_dim)
-        cos, sin = rope_angles(positions, self.head_dim, self.rope_theta, x.dtype)
+        cos, sin = rope_angles(positions, self.rotary_dim, self.rope, x.dtype, self.rope_length(positions, sp))
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
-        q, k, v = self.project_qkv(x, ctx.positions)
+        q, k, v = self.project_qkv(x, ctx.positions, ctx.sp)
         cache = ctx.initial_state(self.layer_idx)
         if ctx.sp is not None:
             if cache is not None:

@@ -50,6 +50,7 @@ class Mamba2(nn.Module):
         self.nheads = self.d_inner // self.headdim
         self.chunk_size, self.conv_width = cfg.ssm_chunk_size, cfg.conv_width
         self.dt_min, self.dt_max = cfg.dt_min, cfg.dt_max
+        self.dt_limit = (cfg.dt_limit_min, cfg.dt_limit_max)
         self.collapse = settings_from(cfg)      # state-collapse mitigations (off by default)
         self.conv_channels = self.d_inner + 2 * self.ngroups * self.d_state
         group_rows = self.ngroups * self.d_state
@@ -89,6 +90,14 @@ class Mamba2(nn.Module):
         return (x.unflatten(-1, (-1, self.headdim)), B.unflatten(-1, (-1, self.d_state)),
                 C.unflatten(-1, (-1, self.d_state)))
 
+    def time_step(self, dt: torch.Tensor) -> torch.Tensor:
+        """Δ = softplus(dt + dt_bias), clamped to [dt_limit_min, dt_limit_max] when a limit is set
+        (mamba-ssm's dt_limit / transformers' time_step_limit; forward and step alike)."""
+        dt = F.softplus(dt + self.dt_bias)
+        if self.dt_limit != (0.0, math.inf):
+            dt = dt.clamp(*self.dt_limit)
+        return dt
+
     def in_proj_weight(self) -> torch.Tensor:
         """The fused [z | x | B | C | dt] projection, so the input is read by one matmul."""
         return torch.cat([self.in_proj_z.weight, self.in_proj_x.weight, self.in_proj_B.weight,
@@ -119,7 +128,7 @@ class Mamba2(nn.Module):
             xbc = causal_conv1d(xbc_in, conv_weight, conv_bias, doc_ids=ctx.doc_ids,
                                 left_context=conv_init, activation="silu")
         x, B, C = self.split_heads(xbc)
-        dt = F.softplus(dt + self.dt_bias)
+        dt = self.time_step(dt)
         A = -torch.exp(self.A_log.float() if self.A_log.dtype != torch.float64 else self.A_log)
         if self.collapse.active:
             y, state = ssd_forward(self.collapse, ssd, x, dt, A, B, C, D=self.D, initial_state=ssm_init,
@@ -153,7 +162,7 @@ class Mamba2(nn.Module):
         xbc = F.silu((window * conv_weight.t()).sum(1) + conv_bias)
         x, B, C = self.split_heads(xbc)
         work = plain_state(state).dtype
-        dt = F.softplus(dt + self.dt_bias).to(work)                                   # [B, h]
+        dt = self.time_step(dt).to(work)                                              # [B, h]
         A = -torch.exp(self.A_log.to(work))
         rep = self.nheads // B.shape[1]
         Bh, Ch = B.to(work).repeat_interleave(rep, 1), C.to(work).repeat_interleave(rep, 1)

@@ -13,9 +13,9 @@ class GatedMLP(nn.Module):
         super().__init__()
         hidden = cfg.mlp_hidden_size
         self.kind = cfg.mlp_type
-        self.w_gate = nn.Linear(cfg.d_model, hidden, bias=False)
-        self.w_up = nn.Linear(cfg.d_model, hidden, bias=False)
-        self.w_down = nn.Linear(hidden, cfg.d_model, bias=False)
+        self.w_gate = nn.Linear(cfg.d_model, hidden, bias=cfg.mlp_bias)
+        self.w_up = nn.Linear(cfg.d_model, hidden, bias=cfg.mlp_bias)
+        self.w_down = nn.Linear(hidden, cfg.d_model, bias=cfg.mlp_bias)
         self.w_down.is_residual_out = True
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:

@@ -180,13 +180,14 @@ def test_status_and_resume_of_a_local_run(capsys, tmp_path):
     train(cfg, log=lambda *a: None)
     rc, out, _ = run_cli(capsys, "status", str(run))
     assert rc == 0
-    assert "checkpoints  2, newest step 3 of 3" in out and "last exit    0 at step 3 (finished)" in out
+    assert "checkpoints  2, newest step 3 of 3" in out and "last exit    0 at step 3 (finished)\n" in out
+    assert "finished: finished" not in out
     rc, out, _ = run_cli(capsys, "resume", str(run), "--dry-run", "--train.steps=6")
     assert rc == 0
     assert out.strip().endswith(shlex.join(["-m", "train", "--config", str(run / "config.toml"),
                                             "--train.steps=6", "--checkpoint.resume=auto"]))
     rc, _, err = run_cli(capsys, "status", str(tmp_path / "nothing"))
-    assert rc == 1
+    assert rc == 2
 
 
 FAKE_WORKER = """

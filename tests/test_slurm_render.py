@@ -31,7 +31,7 @@ LAYOUTS = [
       "--requeue", "--open-mode=append"],
      "--nproc-per-node=2", ["--gpus-per-node", "--partition", "--account"]),
     (SlurmSpec(nodes=2, gpus_per_node=8, time="1-00:00:00", partition="gpu", account="proj42", qos="high",
-               constraint="h100", signal_lead=300, job_name="mamba 370m"),
+               constraint="h100", signal_lead=300, job_name="mamba 370m", cpus_per_task=64),
      ["--nodes=2", "--gpus-per-node=8", "--cpus-per-task=64", "--partition=gpu", "--account=proj42",
       "--qos=high", "--constraint=h100", "--signal=B:USR1@300", "--time=1-00:00:00", "--job-name=mamba_370m"],
      "--nproc-per-node=8", ["--mem"]),
@@ -71,12 +71,33 @@ def test_rendered_sbatch(tmp_path, spec, expected, nproc, absent):
 def test_cli_dry_run_is_valid_bash(tmp_path, capsys):
     from launch.__main__ import main
 
-    rc = main(["slurm", "--dry-run", "--nodes", "4", "--gpus-per-node", "8", "--partition", "batch",
-               "--parallel.tp=8", f"--train.run_dir={tmp_path}"])
+    rc = main(["slurm", "--dry-run", "--nodes", "4", "--gpus-per-node", "8", "--cpus-per-task", "64",
+               "--partition", "batch", "--parallel.tp=8", f"--train.run_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert rc == 0
     bash_n(out, tmp_path)
     assert "--nodes=4" in directives(out) and "--partition=batch" in directives(out)
+
+
+def test_gpu_cpus_come_from_the_flag_or_sinfo_and_the_script_says_which(tmp_path, monkeypatch, capsys):
+    from launch.__main__ import main
+
+    monkeypatch.setattr("launch.sbatch.partition_cpus", lambda partition: None)   # no sinfo here
+    args = ["slurm", "--dry-run", "--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu", "--parallel.tp=8",
+            f"--train.run_dir={tmp_path}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "GPU jobs need --cpus-per-task" in err and err.count("\n") == 1
+    monkeypatch.setattr("launch.sbatch.partition_cpus", lambda partition: {"gpu": 96}.get(partition))
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "--cpus-per-task=96" in directives(out)
+    assert "# --cpus-per-task=96: the CPUs per node sinfo reports for partition gpu" in out
+    assert main([*args, "--cpus-per-task", "48"]) == 0
+    out = capsys.readouterr().out
+    assert "--cpus-per-task=48" in directives(out) and "# --cpus-per-task=48: from --cpus-per-task" in out
+    cpu = render(SlurmSpec(nproc_per_node=3), tmp_path / "c.toml", tmp_path)
+    assert "--cpus-per-task=3" in directives(cpu) and "one per process (CPU job" in cpu
 
 
 def test_slurm_minutes():

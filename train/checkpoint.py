@@ -194,17 +194,40 @@ class Checkpointer:
             if self.loaded is None or old.resolve() != self.loaded.resolve():
                 shutil.rmtree(old, ignore_errors=True)
 
+    def save_initial(self, model, config_toml: str, source: str) -> Path:
+        """A step-0 checkpoint of model weights only (an imported model, train/convert.py): the
+        optimizer, data position and RNG start fresh when a run resumes from it."""
+        final, tmp = self.dir / f"step-{0:07d}", self.dir / f".tmp-step-{0:07d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=str(tmp))
+        (tmp / "config.toml").write_text(config_toml)
+        write_json_synced(tmp / "train_state.json", {"step": 0, "data": None, "weights_only": True, "source": source})
+        os.replace(tmp, final)
+        fsync_dir(self.dir)
+        return final
+
     def load(self, path: Path, model, optimizer, model_cfg=None, allow_model_change: list[str] = ()) -> dict:
         """Load model, optimizer and this rank's RNG from `path`; returns the train state. This
         rank's extra state (save's rank_state) is left in self.rank_state ({} if there is none).
+        A weights-only checkpoint (save_initial) loads the model and leaves the rest fresh.
         With `model_cfg`, a checkpoint written for a different model is refused first."""
         if model_cfg is not None:
             changed = check_model_config(path, model_cfg, list(allow_model_change))
             if changed and self.rank == 0:
                 warn(f"resuming {path} with changed model keys {', '.join(changed)} (checkpoint.allow_model_change)")
+        train_state = json.loads((path / "train_state.json").read_text())
+        self.rank_state = {}
         try:
+            if train_state.get("weights_only"):
+                if is_deepspeed(model):
+                    raise NotImplementedError("resuming an imported (weights-only) checkpoint under DeepSpeed is "
+                                              "not supported; use parallel.engine=ddp or fsdp")
+                load_model_weights(path, model)
+                self.loaded = path
+                return train_state
             self._load_state(path, model, optimizer)
-        except CheckpointError:
+        except (CheckpointError, NotImplementedError):
             raise
         except (RuntimeError, ValueError, KeyError, CheckpointException) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -219,7 +242,7 @@ class Checkpointer:
         else:
             warn(f"{rank_file.name} not in {path} (world size changed?); RNG state not restored")
         self.loaded = path
-        return json.loads((path / "train_state.json").read_text())
+        return train_state
 
     @staticmethod
     def _load_state(path: Path, model, optimizer) -> None:

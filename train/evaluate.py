@@ -1,14 +1,17 @@
-"""Long-context evaluation: passkey retrieval grid and loss by token position (DESIGN.md §7).
+"""Long-context evaluation: a task grid (passkey and RULER-style tasks) and loss by token position.
 
     python -m train.evaluate --checkpoint runs/tiny/checkpoints/step-0000300 \
-        [--lengths 1k,2k,4k] [--depths 10] [--trials 5] [--loss-length 16x] [--loss-docs 4] \
-        [--out DIR] [--model.collapse_window=256 ...]
+        [--tasks passkey,niah_multikey,vt,cwe] [--jrt] [--lengths 1k,2k,4k] [--depths 10] [--trials 5] \
+        [--loss-length 16x] [--loss-docs 4] [--out DIR] [--model.collapse_window=256 ...]
 
 The checkpoint's own config.toml rebuilds the model; trailing `--section.key=value` overrides
-apply on top, which is how a training-free collapse mitigation is switched on at evaluation.
-Writes passkey.json / passkey.png (length × depth heatmap, red→green, train length dashed)
-and loss_by_position.json / loss_by_position.png (train length dashed) to --out (default
-<checkpoint>/eval). The same function runs periodically inside training (eval.every).
+apply on top, which is how a training-free collapse mitigation or RoPE scaling is switched on at
+evaluation. Per task (data/tasks/*, one module each): TASK.json / TASK.png (length × depth
+heatmap, red→green, train length marked) and with --jrt also TASK_jrt.*; loss_by_position.json /
+loss_by_position.png; TensorBoard scalars and images; progress per task and length on stderr and
+a summary table on stdout. Prompts are exactly the asked length in tokens: a length shorter
+than a task's fixed parts, an unknown task or a tokenizer that cannot spell an answer is a
+one-line error (exit 2). The same function runs periodically inside training (eval.every).
 """
 from __future__ import annotations
 
@@ -23,9 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from data.batch import IGNORE_INDEX
+from data.tasks import TaskError
 from data.tokenizer import ByteTokenizer
-from train.passkey import depth_grid, run_passkey
+from train.passkey import depth_grid
 from train.plots import loss_by_position_plot, passkey_heatmap
+from train.task_eval import check_tasks, print_progress, run_task, summary_table
 
 
 def parse_length(text: str, train_len: int) -> int:
@@ -62,7 +67,7 @@ def eval_rows(data_cfg, length: int, n_rows: int, seed: int):
 
     if data_cfg.source == "synthetic":
         cfg = replace(data_cfg, seq_len=length, batch_size=n_rows, seed=data_cfg.seed + 7919 + seed,
-                      min_doc_chars=length, max_doc_chars=length + length // 4)
+                      min_doc_chars=length, max_doc_chars=length + length // 4, corpus="classic")
     else:
         cfg = replace(data_cfg, seq_len=length, batch_size=n_rows)
     return build_loader(cfg, 0, 1).next_batch()
@@ -90,6 +95,7 @@ def loss_by_position(model, data_cfg, length: int, n_rows: int, seed: int = 0,
     model.eval()
     batch = eval_rows(data_cfg, length, n_rows, seed)
     total = np.zeros(length)
+    squares = np.zeros(length)
     count = np.zeros(length)
     for r in range(n_rows):
         row = batch.rows(r, r + 1).to(device)
@@ -99,18 +105,24 @@ def loss_by_position(model, data_cfg, length: int, n_rows: int, seed: int = 0,
                              reduction="none")
         keep = (row.labels.flatten() != IGNORE_INDEX).cpu().numpy()
         p = pos.flatten().cpu().numpy()[keep]
-        np.add.at(total, p, ce.double().cpu().numpy()[keep])
+        ce_kept = ce.double().cpu().numpy()[keep]
+        np.add.at(total, p, ce_kept)
+        np.add.at(squares, p, ce_kept ** 2)
         np.add.at(count, p, 1)
     # geometric bins (bins_per_octave per doubling): the x-axis is logarithmic and noise shrinks with position
     edges = np.unique(np.round(np.geomspace(1, length, int(np.log2(length) * bins_per_octave) + 1)).astype(int))
     edges = np.concatenate([[0], edges[edges < length], [length]])
-    centres, means = [], []
+    centres, means, errors = [], [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
         c = count[lo:hi].sum()
         if c > 0:
+            mean = total[lo:hi].sum() / c
+            var = max(0.0, squares[lo:hi].sum() / c - mean ** 2)
             centres.append(float((lo + hi - 1) / 2))
-            means.append(float(total[lo:hi].sum() / c))
-    return {"length": length, "rows": n_rows, "positions": centres, "loss": means, "tokens": int(count.sum()),
+            means.append(float(mean))
+            errors.append(float(np.sqrt(var / max(1.0, c - 1))))     # standard error of the bin's mean
+    return {"length": length, "rows": n_rows, "positions": centres, "loss": means, "loss_se": errors,
+            "tokens": int(count.sum()),
             "per_position_loss": (total / np.maximum(count, 1)).round(4).tolist()}
 
 
@@ -130,26 +142,39 @@ def loss_in_ranges(curve: dict, train_len: int) -> dict[str, float]:
 def evaluate_model(model, cfg, out_dir: str | Path, *, lengths: list[int], depths: int, trials: int,
                    loss_length: int, loss_rows: int, device: torch.device | str = "cpu", seed: int = 0,
                    tb=None, step: int = 0, passkey: bool = True, use_generate: bool = True,
-                   write: bool = True) -> dict:
-    """Run both evaluations, write JSON + PNGs to out_dir (when `write`), log to `tb`; returns the summary."""
+                   write: bool = True, tasks: list[str] | None = None, jrt: bool = False, progress=None) -> dict:
+    """Run the task grid and loss by position, write JSON + PNGs to out_dir (when `write`), log to `tb`.
+
+    `tasks` defaults to ["passkey"] (none when `passkey` is False); `jrt` adds each task's
+    "just read twice" variant as TASK_jrt. Returns {"train_length", "step", TASK: {length: score},
+    "loss_ranges", "tasks": [TASK, ...]}. Raises TaskError before any decoding when a prompt cannot be built as asked.
+    """
     out = Path(out_dir)
     train_len = cfg.data.seq_len
     summary: dict = {"train_length": train_len, "step": step}
     was_training = model.training
-    if passkey and lengths:
+    names = list(tasks) if tasks is not None else (["passkey"] if passkey else [])
+    if names and lengths:
         tok = eval_tokenizer(cfg.data)
-        t0 = time.perf_counter()
-        res = run_passkey(model, tok, lengths, depth_grid(depths), trials, seed, device, use_generate)
-        res.update(train_length=train_len, seconds=time.perf_counter() - t0)
-        summary["passkey"] = res["mean_accuracy_by_length"]
-        if write:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "passkey.json").write_text(json.dumps(res, indent=1))
-        img = passkey_heatmap(res["accuracy"], lengths, res["depths"], train_len,
-                              out / "passkey.png" if write else None, title=f"passkey, step {step}")
-        if tb is not None:
-            tb.image("eval/passkey_heatmap", img, step)
-            tb.scalars(step, {f"eval/passkey_acc_{L}": a for L, a in res["mean_accuracy_by_length"].items()})
+        task_objs = check_tasks(names, tok, lengths, cfg.model.vocab_size, seed)
+        for task in task_objs:
+            for twice in ([False, True] if jrt else [False]):
+                name = task.name + ("_jrt" if twice else "")
+                t0 = time.perf_counter()
+                res = run_task(model, tok, task, lengths, depth_grid(depths), trials, seed, device, use_generate,
+                               twice, progress)
+                res.update(train_length=train_len, seconds=round(time.perf_counter() - t0, 2))
+                summary[name] = res["mean_accuracy_by_length"]
+                summary.setdefault("tasks", []).append(name)
+                if write:
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
+                title = f"{task.name}{' (JRT prompt)' if twice else ''}, step {step}"
+                img = passkey_heatmap(res["accuracy"], lengths, res["depths"], train_len,
+                                      out / f"{name}.png" if write else None, title=title)
+                if tb is not None:
+                    tb.image(f"eval/{name}_heatmap", img, step)
+                    tb.scalars(step, {f"eval/{name}_acc_{L}": a for L, a in res["mean_accuracy_by_length"].items()})
     if loss_length > 0 and loss_rows > 0:
         curve = loss_by_position(model, cfg.data, loss_length, loss_rows, seed, device)
         curve.update(train_length=train_len, ranges=loss_in_ranges(curve, train_len))
@@ -157,8 +182,8 @@ def evaluate_model(model, cfg, out_dir: str | Path, *, lengths: list[int], depth
         if write:
             out.mkdir(parents=True, exist_ok=True)
             (out / "loss_by_position.json").write_text(json.dumps(curve, indent=1))
-        img = loss_by_position_plot({f"step {step}": (curve["positions"], curve["loss"])}, train_len,
-                                    out / "loss_by_position.png" if write else None)
+        img = loss_by_position_plot({f"step {step}": (curve["positions"], curve["loss"], curve["loss_se"])},
+                                    train_len, out / "loss_by_position.png" if write else None)
         if tb is not None:
             tb.image("eval/loss_by_position", img, step)
             tb.scalars(step, {f"eval/loss_{k}": v for k, v in curve["ranges"].items()})
@@ -183,10 +208,16 @@ def periodic_eval(model, cfg, step: int, tb, is_main: bool, device) -> dict | No
     module = getattr(model, "module", model)
     e = cfg.eval
     loss_len = e.loss_length or e.loss_multiple * cfg.data.seq_len
-    return evaluate_model(module, cfg, Path(cfg.train.run_dir) / "eval" / f"step-{step:07d}",
-                          lengths=list(e.passkey_lengths), depths=e.passkey_depths, trials=e.passkey_trials,
-                          loss_length=loss_len, loss_rows=e.loss_rows, device=device, seed=e.seed,
-                          tb=tb if is_main else None, step=step, write=is_main)
+    kw = dict(lengths=list(e.passkey_lengths), depths=e.passkey_depths, trials=e.passkey_trials,
+              loss_length=loss_len, loss_rows=e.loss_rows, device=device, seed=e.seed,
+              tb=tb if is_main else None, step=step, write=is_main, tasks=list(e.tasks), jrt=e.jrt)
+    out = Path(cfg.train.run_dir) / "eval" / f"step-{step:07d}"
+    try:
+        return evaluate_model(module, cfg, out, **kw)
+    except TaskError as err:        # e.g. eval.passkey_lengths below a task's fixed parts: keep training
+        if is_main:
+            print(f"warning: periodic task evaluation skipped: {err}", file=sys.stderr)
+        return evaluate_model(module, cfg, out, **{**kw, "tasks": []})
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -205,7 +236,11 @@ def find_checkpoint(path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (step-NNNNNNN) or run directory")
-    p.add_argument("--lengths", default="", help="passkey context lengths, e.g. 1k,2k,4k or 1x,4x,16x "
+    p.add_argument("--tasks", default="passkey", help="comma-separated tasks (data/tasks): passkey, niah_multikey, "
+                   "niah_multivalue, niah_multiquery, vt, cwe, copy")
+    p.add_argument("--jrt", action="store_true", help="also score each task with its context given twice "
+                   "(\"just read twice\"), reported as TASK_jrt beside the plain prompt")
+    p.add_argument("--lengths", default="", help="prompt lengths in tokens, e.g. 1k,2k,4k or 1x,4x,16x "
                    "(default 1x,2x,4x the train length)")
     p.add_argument("--depths", type=int, default=10, help="number of needle depths from 0%% to 100%%")
     p.add_argument("--trials", type=int, default=5, help="random keys per (length, depth) cell")
@@ -229,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         train_len = cfg.data.seq_len
         lengths = [parse_length(s, train_len) for s in (args.lengths or "1x,2x,4x").split(",") if s.strip()]
         loss_length = parse_length(args.loss_length, train_len)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if lengths and tasks:       # every prompt buildable as asked, before any model is loaded
+            check_tasks(tasks, eval_tokenizer(cfg.data), lengths, cfg.model.vocab_size, args.seed)
+    except (ConfigError, FileNotFoundError, ValueError, TaskError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import models
@@ -248,11 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     tb = TensorBoardLogger(out, enabled=not args.no_tensorboard)     # <out>/tb
     summary = evaluate_model(model, cfg, out, lengths=lengths, depths=args.depths, trials=args.trials,
                              loss_length=loss_length, loss_rows=args.loss_docs, device=device, seed=args.seed,
-                             step=step, use_generate=not args.no_generate, tb=tb)
+                             step=step, use_generate=not args.no_generate, tb=tb, tasks=tasks, jrt=args.jrt,
+                             progress=print_progress)
     tb.close()
     summary["seconds"] = round(time.perf_counter() - t0, 2)
+    if summary.get("tasks"):
+        print(summary_table({n: summary[n] for n in summary["tasks"]}, lengths, train_len))
     print(json.dumps(summary, indent=1))
-    print(f"wrote {out}/passkey.json, passkey.png, loss_by_position.json, loss_by_position.png, tb/")
+    files = [f"{n}.json, {n}.png" for n in summary.get("tasks", [])] + ["loss_by_position.json, .png", "tb/"]
+    print(f"wrote {out}/: {', '.join(files)}")
     return 0
 
 

@@ -25,6 +25,7 @@ from parallel.layout import setup_parallel
 from train import runlock
 from train.checkpoint import Checkpointer
 from train.config import Config, dump_toml
+from train.console import Console, format_eta  # noqa: F401  (format_eta: public helper)
 from train.errors import RunError
 from train.evaluate import periodic_eval
 from train.layout_check import validate_run_layout
@@ -52,13 +53,6 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
             raise RunError("train.device='cuda' but no CUDA device is visible; use train.device=cpu")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-def format_eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def train(cfg: Config, log=print) -> TrainResult:
@@ -102,7 +96,8 @@ def train(cfg: Config, log=print) -> TrainResult:
     if resume_from is not None:
         state = ckpt.load(resume_from, model, optimizer, cfg.model, cfg.checkpoint.allow_model_change)
         step = int(state["step"])
-        loader.load_state_dict(state["data"])
+        if state.get("data") is not None:      # None: an imported model's step-0 checkpoint
+            loader.load_state_dict(state["data"])
         if pstate.length_gen is not None and "length_gen" in ckpt.rank_state:
             if ckpt.rank_state.get("world") == world:
                 pstate.length_gen.load_state_dict(ckpt.rank_state["length_gen"], device)
@@ -117,6 +112,10 @@ def train(cfg: Config, log=print) -> TrainResult:
     tb = TensorBoardLogger(run_dir, cfg.metrics.tensorboard and is_main)
     step_log = StepLog(run_dir, is_main)
     tb.text("config", "```\n" + config_toml + "\n```", step)
+    if is_main and hasattr(loader, "describe"):     # a mixture: each source's share and length histogram
+        mix = "\n".join(loader.describe())
+        log(mix)
+        tb.text("data/mix", "```\n" + mix + "\n```", step)
     if is_main:
         log(f"model: {cfg.model.pattern}  params {n_params / 1e6:.2f}M  {flops_tok / 1e6:.1f} MFLOP/token  "
             f"world {world} (dp {dims.dp})  device {device.type}")
@@ -127,11 +126,12 @@ def train(cfg: Config, log=print) -> TrainResult:
                       if pstate.length_gen is not None else None)
         ckpt.save(at_step, model, optimizer, {"step": at_step, "data": loader.state_dict()}, config_toml, rank_state)
         stop.observe_save(time.perf_counter() - t_save)   # the time limit keeps room for the final save
+        console.checkpoint(ckpt.dir / f"step-{at_step:07d}", time.perf_counter() - t_save)
 
     peak = peak_flops(device)
     result = TrainResult(run_dir=str(run_dir))
     total = cfg.train.steps
-    t_start, steps_timed = time.perf_counter(), 0
+    console = Console(log, total, step, dims.model_parallel, is_main, dims.dp)
     nonfinite = NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite)
     while step < total:
         t0 = time.perf_counter()
@@ -157,15 +157,11 @@ def train(cfg: Config, log=print) -> TrainResult:
         stop_now = stop.agree(stats[1:])                 # the same step and the same reason on every rank
         result.losses.append(loss)
         dt = time.perf_counter() - t0
-        steps_timed += 1
         stop.observe_step(dt)
         step_log.write(step, loss=loss, lr=lr, grad_norm=float(grad_norm))
-        if is_main and (step % cfg.train.log_every == 0 or step == total or step == 1 or stop_now):
-            tps = tokens_per_step_device / dt / dims.model_parallel
-            avg = (time.perf_counter() - t_start) / steps_timed
-            log(f"step {step:>6}/{total} | loss {loss:.4f} | lr {lr:.2e} | grad {float(grad_norm):.3f} "
-                f"| {tps:,.0f} tok/s/dev | eta {format_eta(avg * (total - step))}")
-        if is_main and cfg.metrics.tensorboard and (step % cfg.metrics.log_every == 0 or step == total):
+        console.step(step, tokens_per_step_device, dt, loss, lr, float(grad_norm),
+                     due=step % cfg.train.log_every == 0 or step == total or step == 1 or stop_now)
+        if is_main and cfg.metrics.tensorboard and (step % cfg.train.log_every == 0 or step == total):
             tps = tokens_per_step_device / dt / dims.model_parallel
             tb.scalars(step, {
                 "train/loss": loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
@@ -175,6 +171,7 @@ def train(cfg: Config, log=print) -> TrainResult:
                 "data/seq_len": seq_len, "data/batch_size": batch_rows,
                 "data/skipped_corrupt": getattr(loader, "skipped_documents", None),   # data.skip_corrupt
                 "train/nonfinite_skipped": nonfinite.skipped,                          # train.on_nonfinite
+                **getattr(loader, "tb_scalars", dict)(),   # a mixture's tokens per source so far
             })
             if cfg.metrics.state_norms:  # recurrent (M, R) final-state norms: the state-collapse watch
                 norms = getattr(getattr(model, "module", model), "last_state_norms", None) or {}
@@ -190,7 +187,10 @@ def train(cfg: Config, log=print) -> TrainResult:
             result.exit_code = REQUEUE_EXIT_CODE
             break
     if step >= total and is_main and resume_from is not None and not result.losses:
-        log(f"nothing to do: the checkpoint is already at train.steps={total}")
+        log(f"nothing to do: {resume_from} is at step {step} and train.steps={total}; pass a larger "
+            "--train.steps to continue, or --train.run_dir for a new run")
+    last = ckpt.resolve("auto") if is_main else None
+    console.summary(step, result.losses, run_dir, last, cfg.metrics.tensorboard)
     tb.flush()
     tb.close()
     step_log.close()

@@ -1,9 +1,9 @@
 """Passkey retrieval: prompts over a length × depth grid, greedy decoding, exact-match scoring.
 
 The prompt is the classic shape (instruction, filler, "The pass key is K. Remember it.",
-filler, question) from data/synthetic.py, so a model trained on the synthetic corpus has
-seen the format and the test measures retrieval, not format-following. Lengths are in
-tokens: prompts are built in characters and trimmed/grown until the token count matches.
+filler, question) from the passkey task (data/tasks/passkey.py), exactly `length` tokens long.
+train/task_eval.py runs every registered task the same way; this module keeps the passkey-only
+API (build_case, run_passkey) and the decoding helpers both use.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from data.synthetic import passkey_prompt
+from data.tasks import get_task
 
 
 @dataclass
@@ -33,20 +33,10 @@ def depth_grid(n: int) -> list[float]:
 
 
 def build_case(tokenizer, length: int, depth: float, seed: int, trial: int = 0) -> PasskeyCase:
-    """A prompt of about `length` tokens (BOS + text); the key is random per (seed, length, depth, trial)."""
-    case_seed = hash((seed, length, round(depth * 1e4), trial)) & 0x7FFFFFFF
-    n_chars = length
-    best: tuple[int, list[int], str] | None = None
-    for _ in range(8):   # filler comes in whole sentences: step n_chars toward the token target
-        text, key = passkey_prompt(max(1, n_chars), depth, case_seed)
-        ids = tokenizer.encode_document(text)[:-1].tolist()   # as in training (BOS if any), minus the end token
-        if best is None or abs(len(ids) - length) < abs(len(best[1]) - length):
-            best = (n_chars, ids, key)
-        if abs(len(ids) - length) <= 4:
-            break
-        n_chars += int((length - len(ids)) * n_chars / max(1, len(ids)))
-    _, ids, key = best
-    return PasskeyCase(length, depth, trial, ids, key)
+    """A prompt of exactly `length` tokens (document start + text) from the passkey task (data/tasks);
+    the key is random per (seed, length, depth, trial). Raises TaskError below the prompt's fixed parts."""
+    s = get_task("passkey").sample(tokenizer, length, depth, seed * 1000 + trial)
+    return PasskeyCase(length, depth, trial, s.prompt_ids, s.answers[0])
 
 
 def score_passkey(generated: str, key: str) -> bool:

@@ -95,6 +95,12 @@ class SequenceParallelHooks:
             self._remat[1].append((kind, result, record))
 
     # ------------------------------------------------------------------ hooks
+    def global_max(self, value: torch.Tensor) -> torch.Tensor:
+        """The largest of a scalar over the sequence-parallel ranks (dynamic NTK's length)."""
+        top = value.detach().clone().reshape(1)
+        torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX, group=self.g.group)
+        return top[0]
+
     def attention(self, q, k, v, *, causal: bool = True, window: int | None = None, doc_ids=None,
                   scale: float | None = None):
         if not causal:

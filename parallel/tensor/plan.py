@@ -37,7 +37,10 @@ def keep_replicated_heads(linear: nn.Linear, head_dim: int, head: int, group) ->
     """
     lo, hi = head * head_dim, (head + 1) * head_dim
     linear.register_forward_pre_hook(lambda _m, args: (copy_to_tp(args[0], group), *args[1:]))
-    local_views(linear, {"weight": lambda w: copy_to_tp(w, group)[lo:hi]})
+    views = {"weight": lambda w: copy_to_tp(w, group)[lo:hi]}
+    if linear.bias is not None:       # Qwen2-style q/k/v biases follow their rows
+        views["bias"] = lambda b: copy_to_tp(b, group)[lo:hi]
+    local_views(linear, views)
 
 
 def _shard_attention(mixer: nn.Module, tp_mesh) -> None:

@@ -1,0 +1,161 @@
+"""The context-sized synthetic corpus (data.corpus = "sized") and its packer.
+
+Document lengths are drawn relative to the current row length T (data.seq_len, or the
+curriculum's length at the step the document starts): a share `fit_fraction` is T/8…T long and
+is never cut by a row boundary (when it would be, the rest of the row is filled with a filler
+piece instead), so a retrieval document's needle and question always share a row, at every
+depth; the others are T…long_max·T and run across rows (loss by position and carried states
+still see long documents). A share `task_mix` of documents are task documents (data/tasks/*,
+drawn by `task_weights`); the rest are filler prose. Document i is a pure function of
+(seed, i, T); the packer's state is (document, offset, the T it was drawn at, steps).
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from data.batch import IGNORE_INDEX, Batch
+from data.tasks.base import TaskError, case_seed, doc_start, filler_ids
+from data.tasks.registry import get_task
+from data.tokenizer import ByteTokenizer
+
+
+class SizedCorpus:
+    def __init__(self, tok, seed: int, tasks: list[str], weights: list[float], task_mix: float,
+                 fit_fraction: float, long_max: float):
+        if weights and len(weights) != len(tasks):
+            raise TaskError(f"data.task_weights has {len(weights)} entries for {len(tasks)} data.tasks; "
+                            "give one weight per task (or none)")
+        if not 0.0 <= task_mix <= 1.0 or not 0.0 <= fit_fraction <= 1.0 or long_max < 1.0:
+            raise TaskError("data.task_mix and data.fit_fraction must lie in [0, 1] and data.long_max >= 1")
+        self.tok, self.seed = tok, seed
+        self.tasks = [get_task(t) for t in tasks]
+        self.weights = list(weights) or [1.0] * len(tasks)
+        self.task_mix, self.fit_fraction, self.long_max = task_mix, fit_fraction, long_max
+        self._min: dict[str, int] = {}
+
+    def min_length(self, task) -> int:
+        """The shortest training document of `task` (its fixed parts + completion + end token)."""
+        if task.name not in self._min:
+            s = task.build(random.Random(0), self.tok, 8192, 0.5)
+            self._min[task.name] = s.fixed_tokens + len(s.completion) + 8
+        return self._min[task.name]
+
+    def document(self, index: int, row_len: int) -> np.ndarray:
+        rng = random.Random(case_seed("sized", self.seed, index, row_len))
+        fits = rng.random() < self.fit_fraction
+        length = rng.randint(max(8, row_len // 8), row_len) if fits else \
+            rng.randint(row_len + 1, max(row_len + 1, int(self.long_max * row_len)))
+        if self.tasks and rng.random() < self.task_mix:
+            task = rng.choices(self.tasks, self.weights)[0]
+            length = max(length, self.min_length(task))      # longer than a row only if T is below its minimum
+            return np.asarray(task.document(self.tok, length, rng.randrange(2**31)), dtype=np.int64)
+        start = doc_start(self.tok)
+        body, _ = filler_ids(self.tok, rng, max(1, length - len(start) - 1))
+        return np.asarray(start + body + [int(self.tok.eos)], dtype=np.int64)
+
+    def pad(self, index: int, room: int) -> np.ndarray:
+        """A filler piece of exactly `room` tokens (its own document) that closes a row."""
+        rng = random.Random(case_seed("pad", self.seed, index, room))
+        start = doc_start(self.tok)[:room]
+        body, _ = filler_ids(self.tok, rng, room - len(start))
+        return np.asarray(start + body, dtype=np.int64)
+
+
+class FittingPacker:
+    """Rows of T tokens; a document of ≤ T tokens is never cut by a row boundary."""
+
+    def __init__(self, corpus: SizedCorpus, seq_len: int):
+        self.corpus, self.seq_len = corpus, seq_len
+        self.doc_index, self.doc_offset, self.doc_row_len = 0, 0, seq_len
+        self._cache: tuple[int, int, np.ndarray] | None = None
+
+    def _doc(self, i: int, row_len: int) -> np.ndarray:
+        if self._cache is None or self._cache[:2] != (i, row_len):
+            self._cache = (i, row_len, self.corpus.document(i, row_len))
+        return self._cache[2]
+
+    def state_dict(self) -> dict:
+        return {"doc_index": self.doc_index, "doc_offset": self.doc_offset, "doc_row_len": self.doc_row_len}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.doc_index, self.doc_offset = int(state["doc_index"]), int(state["doc_offset"])
+        self.doc_row_len = int(state.get("doc_row_len", self.seq_len))
+
+    def next_row(self) -> tuple[np.ndarray, ...]:
+        t = self.seq_len
+        toks, pos, doc, nxt = [], [], [], IGNORE_INDEX
+        filled, local = 0, 0
+        while filled < t:
+            if self.doc_offset == 0:
+                self.doc_row_len = t                    # a new document is sized to the current length
+            d = self._doc(self.doc_index, self.doc_row_len)
+            room = t - filled
+            if self.doc_offset == 0 and room < len(d) <= t:
+                piece = self.corpus.pad(self.doc_index, room)
+                toks.append(piece), pos.append(np.arange(room)), doc.append(np.full(room, local))
+                break
+            take = min(len(d) - self.doc_offset, room)
+            toks.append(d[self.doc_offset:self.doc_offset + take])
+            pos.append(np.arange(self.doc_offset, self.doc_offset + take))
+            doc.append(np.full(take, local))
+            filled += take
+            self.doc_offset += take
+            if self.doc_offset == len(d):
+                self.doc_index, self.doc_offset, local = self.doc_index + 1, 0, local + 1
+            elif filled == t:
+                nxt = int(d[self.doc_offset])           # the document continues in the next row
+        tok, p, dc = (np.concatenate(x).astype(np.int64) for x in (toks, pos, doc))
+        labels = np.append(tok[1:], nxt)
+        labels[:-1][dc[1:] != dc[:-1]] = IGNORE_INDEX
+        return tok, labels, p, dc
+
+    def next_batch(self, rows: int) -> Batch:
+        parts = [self.next_row() for _ in range(rows)]
+        tok, lab, pos, doc = (np.stack([p[k] for p in parts]) for k in range(4))
+        return Batch(torch.from_numpy(tok), torch.from_numpy(lab), torch.from_numpy(pos),
+                     torch.from_numpy(doc.astype(np.int32)))
+
+
+class SizedLoader:
+    """The loader for data.source = "synthetic", data.corpus = "sized" (byte tokenizer)."""
+
+    def __init__(self, data_cfg, dp_rank: int = 0, dp_size: int = 1,
+                 length_at: Callable[[int], int] | None = None):
+        self.tokenizer = ByteTokenizer()
+        self.batch_size, self.dp_rank, self.dp_size = data_cfg.batch_size, dp_rank, dp_size
+        self.seed = data_cfg.seed
+        corpus = SizedCorpus(self.tokenizer, data_cfg.seed, list(data_cfg.tasks), list(data_cfg.task_weights),
+                             data_cfg.task_mix, data_cfg.fit_fraction, data_cfg.long_max)
+        self.packer = FittingPacker(corpus, data_cfg.seq_len)
+        self.length_at = length_at
+        self.steps = 0
+
+    @property
+    def seq_len(self) -> int:
+        return self.packer.seq_len
+
+    def next_batch(self) -> Batch:
+        if self.length_at is not None:
+            self.packer.seq_len = self.length_at(self.steps + 1)
+        glob = self.packer.next_batch(self.batch_size * self.dp_size)
+        self.steps += 1
+        b = self.batch_size
+        return glob.rows(self.dp_rank * b, (self.dp_rank + 1) * b)
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {"source": "synthetic", "corpus": "sized", "seed": self.seed, "steps": self.steps,
+                **self.packer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("corpus") != "sized":
+            raise TaskError("checkpoint's data state is not for data.corpus='sized'; resume with the same corpus")
+        self.steps = int(state["steps"])
+        self.packer.load_state_dict(state)

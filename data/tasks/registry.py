@@ -1,0 +1,62 @@
+"""The task registry and the Task protocol every task module implements."""
+from __future__ import annotations
+
+import random
+import re
+
+from data.tasks.base import Sample, TaskError, bos_of, case_seed, check_encodable, text_ids
+
+TASKS: dict[str, Task] = {}
+
+
+class Task:
+    """Subclasses set `name` and implement `build(rng, tok, length, depth) -> Sample`."""
+    name = ""
+    max_new_tokens = 8          # greedy decoding budget (tokens) for evaluation
+
+    def build(self, rng: random.Random, tok, length: int, depth: float) -> Sample:
+        raise NotImplementedError
+
+    def sample(self, tok, length: int, depth: float, seed: int) -> Sample:
+        """The evaluation prompt of exactly `length` tokens (a pure function of the arguments)."""
+        s = self.build(random.Random(case_seed(self.name, seed, length, round(depth * 1e4))), tok, length, depth)
+        for a in s.answers:
+            check_encodable(tok, a, f"{self.name} answer")
+        return s
+
+    def document(self, tok, length: int, seed: int, depth: float | None = None) -> list[int]:
+        """A training document of at most `length` tokens: prompt + completion + end token."""
+        rng0 = random.Random(seed)
+        depth = rng0.random() if depth is None else depth
+        probe = self.build(random.Random(seed), tok, length, depth)   # same rng → same answers and needles
+        tail = text_ids(tok, probe.completion) + [int(tok.eos)]
+        s = self.build(random.Random(seed), tok, length - len(tail), depth)
+        return s.prompt_ids + tail
+
+    def score(self, generated: str, sample: Sample) -> float:
+        """Fraction of the expected items found in the continuation (RULER's string-match-all)."""
+        return sum(a.strip() in generated for a in sample.answers) / len(sample.answers)
+
+    def jrt_ids(self, tok, sample: Sample) -> list[int]:
+        return sample.jrt_prompt_ids(bos_of(tok))
+
+
+def first_number_is(generated: str, answer: str) -> float:
+    """Exact match: the continuation's first number is the answer, with no extra digits."""
+    m = re.match(r"\s*(\d+)", generated)
+    return float(m is not None and m.group(1) == answer.strip())
+
+
+def register(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls()
+    return cls
+
+
+def task_names() -> list[str]:
+    return sorted(TASKS)
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
+    return TASKS[name]

@@ -1,0 +1,172 @@
+"""RULER-style task generators (exact token lengths, any tokenizer), scorers, and the sized corpus."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data.batch import IGNORE_INDEX
+from data.tasks import TASKS, TaskError, get_task, task_names
+from data.tasks.corpus import FittingPacker, SizedCorpus
+from data.tokenizer import ByteTokenizer
+
+TOK = ByteTokenizer()
+
+
+def test_registry_holds_every_task_and_names_unknown_ones():
+    assert {"passkey", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "copy"} <= set(TASKS)
+    with pytest.raises(TaskError, match="unknown task .nope.; known tasks: copy, cwe"):
+        get_task("nope")
+    assert task_names() == sorted(task_names())
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_prompts_have_the_exact_length_and_the_answer_in_the_context(name):
+    task = get_task(name)
+    for length in (300, 1000, 2500):
+        for depth in (0.0, 0.5, 1.0):
+            s = task.sample(TOK, length, depth, seed=7)
+            assert len(s.prompt_ids) == length
+            assert s.prompt_ids == task.sample(TOK, length, depth, seed=7).prompt_ids      # deterministic
+            text = TOK.decode(s.context_ids)
+            for a in s.answers:
+                assert a in text
+            assert task.score(s.completion, s) == 1.0                # the canonical answer scores 1
+            assert task.score(" 0 0 xyz.", s) == 0.0
+            jrt = s.jrt_prompt_ids(TOK.BOS)
+            assert len(jrt) == 2 * len(s.context_ids) - 1 + len(s.question_ids) and jrt.count(TOK.BOS) == 1
+    assert task.sample(TOK, 1000, 0.5, seed=1).prompt_ids != task.sample(TOK, 1000, 0.5, seed=2).prompt_ids
+
+
+def test_needle_depth_moves_the_needle():
+    shallow = TOK.decode(get_task("passkey").sample(TOK, 2000, 0.0, 3).prompt_ids)
+    deep = TOK.decode(get_task("passkey").sample(TOK, 2000, 1.0, 3).prompt_ids)
+    assert shallow.index("Remember it.") < 0.2 * len(shallow) and deep.index("Remember it.") > 0.8 * len(deep)
+
+
+def test_partial_answers_score_partially():
+    s = get_task("niah_multivalue").sample(TOK, 600, 0.3, 0)
+    assert get_task("niah_multivalue").score(" " + s.answers[0] + ", 11111", s) == pytest.approx(1 / 3)
+    vt = get_task("vt").sample(TOK, 600, 0.3, 0)
+    assert get_task("vt").score(" " + vt.answers[1] + " ZZZ", vt) == pytest.approx(1 / 3)
+    pk = get_task("passkey").sample(TOK, 600, 0.3, 0)
+    assert get_task("passkey").score(" " + pk.answers[0] + "1", pk) == 0.0     # extra digit: no match
+
+
+def test_cwe_common_words_are_the_most_frequent():
+    s = get_task("cwe").sample(TOK, 3000, 0.5, 4)
+    words = TOK.decode(s.context_ids).split(":", 1)[1].split()
+    counts = {w: words.count(w) for w in set(words)}
+    least_common = min(counts[a] for a in s.answers)
+    assert all(c < least_common for w, c in counts.items() if w not in s.answers)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_too_short_is_one_line_naming_the_minimum(name):
+    with pytest.raises(TaskError, match=r"shorter than the fixed parts of a .* ask for lengths of at least \d+") as e:
+        get_task(name).sample(TOK, 20, 0.5, 0)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_training_documents_end_with_answer_and_fit(name):
+    task = get_task(name)
+    doc = task.document(TOK, 400, seed=11)
+    assert len(doc) <= 400 and doc[0] == TOK.BOS and doc[-1] == TOK.EOS
+    s = task.build(__import__("random").Random(11), TOK, 400, 0.5)
+    assert TOK.decode(doc).endswith(s.completion)
+
+
+def _local_hf_tokenizer(directory, alphabet_only: bool = False) -> str:
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    if alphabet_only:      # no digits in the vocabulary: numbers become <unk>
+        bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+        bpe.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+        trainer = tokenizers.trainers.BpeTrainer(vocab_size=200, special_tokens=["<eos>", "<unk>"])
+        bpe.train_from_iterator(["the pass key is what remember it"] * 20, trainer)
+        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", unk_token="<unk>")
+    else:
+        bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token=None))
+        bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = tokenizers.decoders.ByteLevel()
+        trainer = tokenizers.trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>"],
+                                                 initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+        bpe.train_from_iterator(["The pass key is 12345. The quiet river watches the garden."] * 50, trainer)
+        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
+    fast.save_pretrained(directory)
+    return str(directory)
+
+
+def test_exact_token_lengths_with_a_bpe_tokenizer(tmp_path):
+    from data.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(f"hf:{_local_hf_tokenizer(tmp_path / 'bpe')}")
+    for name in sorted(TASKS):
+        s = get_task(name).sample(tok, 700, 0.4, 1)
+        assert len(s.prompt_ids) == 700
+        assert all(a in tok.decode(s.context_ids) for a in s.answers)
+
+
+def test_a_tokenizer_that_cannot_spell_the_answer_is_refused(tmp_path):
+    from data.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(f"hf:{_local_hf_tokenizer(tmp_path / 'letters', alphabet_only=True)}")
+    with pytest.raises(TaskError, match="cannot encode the passkey answer"):
+        get_task("passkey").sample(tok, 400, 0.5, 0)
+
+
+def _corpus(**kw):
+    args = dict(tasks=["passkey", "niah_multikey", "copy"], weights=[], task_mix=0.8, fit_fraction=0.8,
+                long_max=3.0)
+    args.update(kw)
+    return SizedCorpus(TOK, seed=5, **args)
+
+
+def test_sized_documents_follow_the_row_length():
+    c = _corpus(task_mix=0.0, fit_fraction=1.0)
+    lens = [len(c.document(i, 256)) for i in range(200)]
+    assert max(lens) <= 256 and min(lens) >= 32 and np.mean(lens) > 100
+    c = _corpus(task_mix=0.0, fit_fraction=0.0)
+    lens = [len(c.document(i, 128)) for i in range(100)]
+    assert min(lens) > 128 and max(lens) <= 3 * 128
+    assert np.array_equal(c.document(3, 128), c.document(3, 128))
+
+
+def test_fitting_packer_never_cuts_a_fitting_document_and_labels_are_next_tokens():
+    whole = FittingPacker(_corpus(fit_fraction=1.0), 256)    # every document fits: none may be cut
+    mixed = FittingPacker(_corpus(fit_fraction=0.5), 256)
+    questions = continued = 0
+    for _ in range(60):
+        tok, lab, pos, doc = whole.next_row()
+        assert len(tok) == len(lab) == len(pos) == len(doc) == 256
+        same = doc[1:] == doc[:-1]
+        assert np.array_equal(lab[:-1][same], tok[1:][same]) and (lab[:-1][~same] == IGNORE_INDEX).all()
+        starts = np.flatnonzero(np.r_[True, ~same])
+        ends = np.r_[starts[1:], 256] - 1
+        assert (pos[starts] == 0).all()                            # no document continues from the last row
+        assert all(tok[e] == TOK.EOS or tok[s] != TOK.BOS or e == 255 for s, e in zip(starts, ends))
+        text = TOK.decode(tok)
+        questions += text.count("What is the pass key?")
+        assert text.count("What is the pass key?") == text.count("Remember it.")   # needle and question together
+        _, _, pos2, doc2 = mixed.next_row()
+        continued += int(pos2[0] > 0)
+    assert questions > 10 and continued > 5                        # long documents do run across rows
+
+
+def test_sized_loader_resumes_exactly_under_a_curriculum():
+    from data.loader import build_loader
+    from train.config import load_config
+
+    cfg = load_config(None, ["--data.corpus=sized", "--data.seq_len=256", "--data.batch_size=2",
+                             "--data.curriculum=fixed_linear", "--data.curriculum_min_len=64",
+                             "--data.curriculum_steps=6"])
+    a = build_loader(cfg.data)
+    for _ in range(3):
+        a.next_batch()
+    state = a.state_dict()
+    b = build_loader(cfg.data)
+    b.load_state_dict(state)
+    for _ in range(5):
+        x, y = a.next_batch(), b.next_batch()
+        assert x.tokens.shape == y.tokens.shape and (x.tokens == y.tokens).all() and (x.labels == y.labels).all()
+    assert x.tokens.shape[1] == 256
