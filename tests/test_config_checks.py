@@ -17,7 +17,7 @@ BAD = [
     ("--data.batch_size=-2", "data.batch_size"), ("--data.seq_len=0", "data.seq_len"),
     ("--train.grad_accum=0", "train.grad_accum"), ("--train.log_every=0", "train.log_every"),
     ("--train.steps=0", "train.steps"), ("--train.steps=-5", "train.steps"), ("--checkpoint.every=-1", "checkpoint.every"),
-    ("--checkpoint.keep_last=-1", "checkpoint.keep_last"), ("--metrics.log_every=0", "metrics.log_every"),
+    ("--checkpoint.keep_last=-1", "checkpoint.keep_last"), ("--train.threads=-1", "train.threads"),
     ("--optim.beta2=1.0", "optim.beta2"), ("--optim.grad_clip=nan", "optim.grad_clip"),
     ("--parallel.dp=0", "parallel.dp"), ("--train.max_nonfinite=0", "train.max_nonfinite"),
     ("--checkpoint.allow_model_change=not_a_key", "allow_model_change"),

@@ -8,15 +8,14 @@ from __future__ import annotations
 import math
 
 POSITIVE_INT = ("data.seq_len", "data.batch_size", "train.steps", "train.grad_accum", "train.log_every",
-                "metrics.log_every", "parallel.tp", "parallel.pp", "parallel.sp",
-                "parallel.pp_microbatches", "train.max_nonfinite")
-NON_NEGATIVE = ("optim.warmup_steps", "checkpoint.every", "checkpoint.keep_last", "eval.every", "data.num_workers", "train.time_limit",
-                "optim.weight_decay", "optim.grad_clip", "optim.min_lr_ratio")
+                "parallel.tp", "parallel.pp", "parallel.sp", "parallel.pp_microbatches", "train.max_nonfinite")
+NON_NEGATIVE = ("optim.warmup_steps", "checkpoint.every", "checkpoint.keep_last", "eval.every", "data.num_workers",
+                "train.time_limit", "train.threads", "optim.weight_decay", "optim.grad_clip", "optim.min_lr_ratio")
 
 
 def _get(cfg, key: str):
     section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
+    return getattr(getattr(cfg, section, None), name, None)    # None: a key renamed since (skipped)
 
 
 def check_ranges(cfg) -> None:
@@ -27,11 +26,11 @@ def check_ranges(cfg) -> None:
 
     for key in POSITIVE_INT:
         v = _get(cfg, key)
-        if not v > 0:
+        if v is not None and not v > 0:
             fail(f"config key '{key}' must be > 0; got {v!r}")
     for key in NON_NEGATIVE:
         v = _get(cfg, key)
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             fail(f"config key '{key}' must be a finite number >= 0; got {v!r}")
     lr = cfg.optim.lr
     if not (math.isfinite(lr) and lr > 0):
