@@ -195,3 +195,16 @@ def test_torch_enforce_failure_on_a_full_disk_says_no_space(tmp_path, monkeypatc
     with pytest.raises(CheckpointError, match=rf"{os.strerror(errno.ENOSPC)}.*previous checkpoint"):
         c.save(1, model, opt, {"step": 1, "data": {}}, "[model]\n")
     assert not (tmp_path / "checkpoints" / ".tmp-step-0000001").exists()
+
+
+def test_a_dcp_wrapped_os_error_names_its_cause(tmp_path):
+    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+
+    from train.checkpoint_guards import describe_write_error
+
+    try:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "x.distcp"))
+    except OSError as e:
+        wrapped = CheckpointException("save failed", {1: _wrap_exception(e)})
+    line = describe_write_error(wrapped, tmp_path / ".tmp-step-0000003")
+    assert os.strerror(errno.EROFS) in line and ".tmp-step-0000003" in line and "\n" not in line

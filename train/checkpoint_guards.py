@@ -118,8 +118,8 @@ def root_os_error(exc: BaseException) -> OSError | None:
         todo += [e.__cause__, e.__context__]
         failures = getattr(e, "failures", None)      # torch.distributed.checkpoint's CheckpointException
         if isinstance(failures, dict):
-            for f in failures.values():
-                todo.append(f if isinstance(f, BaseException) else getattr(f, "exception", None))
+            for f in failures.values():          # (exception, stack summary) per failed rank
+                todo.append(f if isinstance(f, BaseException) else f[0] if isinstance(f, tuple) and f else None)
     return None
 
 
