@@ -11,6 +11,7 @@ with any number of data-parallel ranks.
   the same loader over another document corpus;
 - data.source = "mixture":   the weighted [[data.sources]] of data/mixture.py.
 Sequence-length warmup (data.curriculum) applies to both; its state is the step counter.
+Every loader implements data/protocol.py's Loader; so does data/row_streams.py's (lengthgen.tbptt).
 """
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ class SyntheticLoader:
     @property
     def seq_len(self) -> int:
         return self.packer.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    skipped_documents = None        # generated text: nothing to skip
 
     def next_batch(self) -> Batch:
         if self.length_at is not None:         # warmup: step t (1-based) trains at length L(t)

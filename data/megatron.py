@@ -179,27 +179,57 @@ class MegatronCorpus:
         if problem not in self.problems:
             self.problems.append(problem)
 
-    def doc(self, s: int, i: int) -> np.ndarray | None:
-        """Document i of block s (its sequences joined), checked against the vocabulary."""
+    def doc(self, s: int, i: int):
+        """Document i of block s: a lazy view whose slices are read (and id-checked) on demand, so a rank
+        touches only the tokens it packs; with skip_corrupt the whole document is checked at once and a bad
+        one is None."""
         p = self.block_prefix[s]
         d = self.block_first[s] + i
-        ds, seqs = self.datasets[p], self.doc_seq[p]
-        parts = [ds.get(int(q)) for q in range(int(seqs[d]), int(seqs[d + 1]))]
-        tokens = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        seqs = self.doc_seq[p]
+        first, last = int(seqs[d]), int(seqs[d + 1])
+        if last - first == 1 and not self.skip_corrupt:
+            return _LazyDoc(self, p, d, first)
+        tokens = np.concatenate([self.datasets[p].get(q) for q in range(first, last)])
         self.bytes_read += tokens.nbytes
+        bad = self.check(p, d, tokens)
+        if bad is None:
+            return tokens
+        if not self.skip_corrupt:
+            raise DataError(bad + "; the prefix does not match the tokenizer (or set data.skip_corrupt=true)")
+        self.report((bad, 1))
+        return None
+
+    def check(self, p: int, d: int, tokens: np.ndarray) -> str | None:
+        """A message when `tokens` (of document d of prefix p) hold an id outside the vocabulary."""
         if len(tokens) and (int(tokens.max()) >= self.vocab_size or int(tokens.min()) < 0):
-            msg = (f"{self.prefixes[p]} document {d}: token id {int(tokens.max())} outside the vocabulary "
-                   f"of {self.vocab_size}")
-            if not self.skip_corrupt:
-                raise DataError(msg + "; the prefix does not match the tokenizer (or set data.skip_corrupt=true)")
-            self.report((msg, 1))
-            return None
-        return tokens
+            return (f"{self.prefixes[p]} document {d}: token id {int(tokens.max())} outside the vocabulary "
+                    f"of {self.vocab_size}")
+        return None
 
     def locate(self, global_doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(block, index in block) of global document indices."""
         s = np.searchsorted(self.first_doc, global_doc, side="right") - 1
         return s, global_doc - self.first_doc[s]
+
+
+class _LazyDoc:
+    """A one-sequence document read slice by slice from the memory map (what the packers index)."""
+
+    def __init__(self, corpus: MegatronCorpus, p: int, d: int, seq: int):
+        self.corpus, self.p, self.d, self.seq = corpus, p, d, seq
+        self.length = int(corpus.datasets[p].index.sequence_lengths[seq])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        start, stop, _ = sl.indices(self.length)
+        tokens = self.corpus.datasets[self.p].get(self.seq, offset=start, length=max(0, stop - start))
+        self.corpus.bytes_read += tokens.nbytes
+        bad = self.corpus.check(self.p, self.d, tokens)
+        if bad is not None:
+            raise DataError(bad + "; the prefix does not match the tokenizer (or set data.skip_corrupt=true)")
+        return tokens
 
 
 class MegatronWriter:

@@ -37,6 +37,9 @@ class RowStreamLoader:
     def seq_len(self) -> int:
         return self.packers[0].seq_len
 
+    vocab_size = ByteTokenizer.vocab_size
+    skipped_documents = None        # generated text: nothing to skip
+
     def next_batch(self) -> Batch:
         rows = [p.next_row() for p in self.packers]
         self.steps += 1
@@ -59,3 +62,13 @@ class RowStreamLoader:
         self.steps = int(state["steps"])
         for p, s in zip(self.packers, state["streams"]):
             p.load_state_dict(s)
+
+
+def build_row_stream_loader(data_cfg, dp_rank: int = 0, dp_size: int = 1) -> RowStreamLoader:
+    """The row-stream loader for lengthgen.tbptt, from the [data] section (synthetic corpus only)."""
+    from data.errors import DataError
+
+    if data_cfg.source != "synthetic" or data_cfg.packing != "concat":
+        raise DataError("lengthgen.tbptt needs data.source=synthetic with data.packing=concat (the row-stream loader)")
+    d = data_cfg
+    return RowStreamLoader(d.seq_len, d.batch_size, dp_rank, dp_size, d.seed, d.min_doc_chars, d.max_doc_chars)

@@ -121,23 +121,8 @@ class ModelConfig:
         from models.collapse import settings_from, validate
 
         validate(settings_from(self))
-        symbols = set(parse_pattern(self.pattern))
-        if "M" in symbols:
-            d_inner = self.ssm_expand * self.d_model
-            if d_inner % self.ssm_headdim:
-                raise ValueError(f"Mamba-2 width ssm_expand*d_model={d_inner} is not divisible by "
-                                 f"model.ssm_headdim={self.ssm_headdim}; change one of them")
-            if (d_inner // self.ssm_headdim) % self.ssm_ngroups:
-                raise ValueError(f"Mamba-2 heads {d_inner // self.ssm_headdim} are not a multiple of "
-                                 f"model.ssm_ngroups={self.ssm_ngroups}; change model.ssm_ngroups")
-            if not 0 < self.dt_min <= self.dt_max:
-                raise ValueError("model.dt_min and model.dt_max must satisfy 0 < dt_min <= dt_max")
-            if not 0 <= self.dt_limit_min < self.dt_limit_max:
-                raise ValueError("model.dt_limit_min and model.dt_limit_max must satisfy 0 <= min < max")
-        if ("M" in symbols or "R" in symbols) and self.conv_width < 1:
-            raise ValueError("model.conv_width must be >= 1")
-        if "R" in symbols:
-            width, heads = self.lru_width or self.d_model, self.lru_heads or self.n_heads
-            if width % heads:
-                raise ValueError(f"Griffin width {width} is not divisible by lru_heads={heads}; "
-                                 "set model.lru_width or model.lru_heads")
+        from models.mixer_spec import specs_in
+
+        for spec in specs_in(parse_pattern(self.pattern)):     # each mixer checks the fields it reads
+            if spec.validate is not None:
+                spec.validate(self)

@@ -7,12 +7,12 @@ FLOPs forward and twice that backward, so training costs 3x forward. Per token:
   keys a query sees: (T + 1)/2 for causal attention over T tokens, and for a window w
   (w ≤ T) (w·(w+1)/2 + (T − w)·w) / T. Counting only visible keys is what fused kernels
   actually compute (FlashAttention's convention for causal).
-Mixers may define `flops_per_token(seq_len)` (forward, per token, excluding their linear
-layers) to add their own non-matmul work: `M` (models/mamba2.py) adds the depthwise conv and
-the chunked SSD (C·Bᵀ and scores·x over chunks of L tokens, chunk states, state→output);
-`R` (models/griffin.py) adds the conv, the block-diagonal gates and the recurrence. Both are
+Each MixerSpec's `flops` (forward, per token, excluding the linear layers) adds the mixer's
+own non-matmul work: attention its scores (above); `M` (models/mamba2.py) the depthwise conv
+and the chunked SSD (C·Bᵀ and scores·x over chunks of L tokens, chunk states, state→output);
+`R` (models/griffin.py) the conv, the block-diagonal gates and the recurrence. Both are
 linear in T, so their per-token cost is flat; `*` grows with T, `W` saturates at the window.
-MLP (`-`) is linear layers only.
+MLP (`-`) is linear layers only. `layer_flops` is also the pipeline cut's cost per layer.
 """
 from __future__ import annotations
 
@@ -31,17 +31,23 @@ def linear_params(module: nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
 
 
+def layer_flops(block: nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token of one Block at sequence length seq_len."""
+    from models.mixer_spec import mixer_spec
+
+    mixer = block.mixer
+    fwd = 2.0 * linear_params(mixer)
+    extra = mixer_spec(block.symbol).flops
+    if extra is not None:
+        fwd += float(extra(mixer, seq_len))
+    return 3.0 * fwd
+
+
+def head_flops(cfg) -> float:
+    """Training FLOPs per token of the LM head (tied or not): 6 · d_model · vocab."""
+    return 6.0 * cfg.d_model * cfg.vocab_size
+
+
 def flops_per_token(model: nn.Module, seq_len: int) -> float:
     """Training (forward + backward) FLOPs per token of a LanguageModel at sequence length seq_len."""
-    from models.attention import Attention
-
-    fwd = 2.0 * model.cfg.d_model * model.cfg.vocab_size      # LM head (tied or not)
-    for block in model.layers:
-        mixer = block.mixer
-        fwd += 2.0 * linear_params(mixer)
-        if isinstance(mixer, Attention):
-            heads = mixer.wq.out_features // mixer.head_dim
-            fwd += 4.0 * heads * mixer.head_dim * mean_visible_keys(seq_len, mixer.window)
-        elif hasattr(mixer, "flops_per_token"):
-            fwd += float(mixer.flops_per_token(seq_len))
-    return 3.0 * fwd
+    return head_flops(model.cfg) + sum(layer_flops(block, seq_len) for block in model.layers)

@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.conv1d import causal_conv1d
 from kernels.rglru import linear_scan
 from models.collapse import plain_state, recurrent_step, scan_forward, settings_from
 from models.config import ModelConfig
 from models.context import MixerContext
-from models.recurrent_state import conv_tail, record_state_norm
+from models.recurrent_state import finish_state, mixer_conv, split_initial_state
 
 MAX_SQRT_GRAD = 1000.0
 
@@ -119,17 +118,8 @@ class GriffinRecurrent(nn.Module):
     def forward(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
         gate = F.gelu(self.linear_y(x), approximate="tanh")
         u_in = self.linear_x(x)
-        init = ctx.initial_state(self.layer_idx)
-        conv_init, h_init = (None, None) if init is None else init
-        if ctx.sp is not None:
-            if conv_init is not None:
-                raise NotImplementedError("Griffin: an initial conv state under sequence parallelism is "
-                                          "not supported; pass initial states without sp")
-            u = ctx.sp.causal_conv1d(causal_conv1d, u_in, self.conv_weight, self.conv_bias,
-                                     doc_ids=ctx.doc_ids, activation=None)
-        else:
-            u = causal_conv1d(u_in, self.conv_weight, self.conv_bias, doc_ids=ctx.doc_ids,
-                              left_context=conv_init)
+        conv_init, h_init = split_initial_state(ctx, self.layer_idx)
+        u = mixer_conv(ctx, "Griffin", u_in, self.conv_weight, self.conv_bias, conv_init, None)
         a, b = self.rglru.coefficients(u)
         if self.collapse.active:
             h, state = scan_forward(self.collapse, linear_scan, a, b, initial_state=h_init, doc_ids=ctx.doc_ids,
@@ -138,9 +128,7 @@ class GriffinRecurrent(nn.Module):
             h, state = ctx.sp.linear_scan(linear_scan, a, b, doc_ids=ctx.doc_ids, initial_state=h_init)
         else:
             h, state = linear_scan(a, b, initial_state=h_init, doc_ids=ctx.doc_ids, return_final_state=True)
-        record_state_norm(ctx, self.layer_idx, plain_state(state))
-        if ctx.return_states:
-            ctx.set_final_state(self.layer_idx, (conv_tail(u_in, conv_init, self.conv_width, ctx.doc_ids), state))
+        finish_state(ctx, self.layer_idx, state, plain_state(state), u_in, conv_init, self.conv_width)
         return self.linear_out(gate * h.to(x.dtype))
 
     def init_cache(self, batch_size: int, device=None, dtype=torch.float32):

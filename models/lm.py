@@ -14,6 +14,7 @@ from torch import nn
 
 from models.config import ModelConfig
 from models.context import MixerContext
+from models.mixer_spec import mixer_spec
 from models.norm import RMSNorm
 from models.pattern import parse_pattern
 
@@ -39,26 +40,19 @@ class Block(nn.Module):
 
 
 def make_mixer(symbol: str, cfg: ModelConfig, layer_idx: int) -> nn.Module:
-    from models.attention import Attention
-    from models.mlp import GatedMLP
+    """The sublayer a pattern symbol names, built by its registered MixerSpec."""
+    return mixer_spec(symbol).build(cfg, layer_idx)
 
-    if symbol == "*":
-        return Attention(cfg, layer_idx, window=None)
-    if symbol == "W":
-        return Attention(cfg, layer_idx, window=cfg.window)
-    if symbol == "-":
-        return GatedMLP(cfg)
-    if symbol == "M":
-        from models.mamba2 import Mamba2
 
-        return Mamba2(cfg, layer_idx)
-    if symbol == "R":
-        from models.griffin import GriffinRecurrent
-
-        return GriffinRecurrent(cfg, layer_idx)
-    raise NotImplementedError(
-        f"layer symbol {symbol!r} is not implemented; use '*', 'W', 'M', 'R' and '-' in model.pattern"
-    )
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Parameter names excluded from weight decay: norms, biases (every 1-D parameter) and the
+    leaf names each block's MixerSpec declares (e.g. Mamba-2's A_log, D, dt_bias). Works for a
+    LanguageModel and for a pipeline stage of one (blocks keyed by their global index)."""
+    names = {name for name, p in model.named_parameters() if p.ndim < 2}
+    for key, block in model.layers.named_children():
+        leaves = mixer_spec(block.symbol).no_decay
+        names |= {f"layers.{key}.{name}" for name, _ in block.named_parameters() if name.rsplit(".", 1)[-1] in leaves}
+    return names
 
 
 class LanguageModel(nn.Module):
@@ -95,13 +89,7 @@ class LanguageModel(nn.Module):
                 block.mixer.reset_parameters()
 
     def no_weight_decay_names(self) -> set[str]:
-        """Parameter names excluded from weight decay: norms, biases and mixer-declared ones."""
-        names = set()
-        for name, p in self.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if p.ndim < 2 or leaf in ("A_log", "D", "dt_bias"):
-                names.add(name)
-        return names
+        return no_weight_decay_names(self)
 
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.lm_head is None else self.lm_head.weight

@@ -22,13 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.conv1d import causal_conv1d
 from kernels.ssd import ssd
 from models.collapse import plain_state, recurrent_step, settings_from, ssd_forward
 from models.config import ModelConfig
 from models.context import MixerContext
 from models.gated_norm import GatedRMSNorm
-from models.recurrent_state import conv_tail, record_state_norm
+from models.recurrent_state import finish_state, mixer_conv, split_initial_state
 
 
 class DepthwiseConvParams(nn.Module):
@@ -115,18 +114,8 @@ class Mamba2(nn.Module):
     def forward(self, u: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
         b, t, _ = u.shape
         z, xbc_in, dt = self.project(u)
-        init = ctx.initial_state(self.layer_idx)
-        conv_init, ssm_init = (None, None) if init is None else init
-        conv_weight, conv_bias = self.conv_params()
-        if ctx.sp is not None:
-            if conv_init is not None:
-                raise NotImplementedError("Mamba-2: an initial conv state under sequence parallelism is "
-                                          "not supported; pass initial states without sp")
-            xbc = ctx.sp.causal_conv1d(causal_conv1d, xbc_in, conv_weight, conv_bias,
-                                       doc_ids=ctx.doc_ids, activation="silu")
-        else:
-            xbc = causal_conv1d(xbc_in, conv_weight, conv_bias, doc_ids=ctx.doc_ids,
-                                left_context=conv_init, activation="silu")
+        conv_init, ssm_init = split_initial_state(ctx, self.layer_idx)
+        xbc = mixer_conv(ctx, "Mamba-2", xbc_in, *self.conv_params(), conv_init, "silu")
         x, B, C = self.split_heads(xbc)
         dt = self.time_step(dt)
         A = -torch.exp(self.A_log.float() if self.A_log.dtype != torch.float64 else self.A_log)
@@ -140,10 +129,7 @@ class Mamba2(nn.Module):
         else:
             y, state = ssd(x, dt, A, B, C, D=self.D, initial_state=ssm_init, doc_ids=ctx.doc_ids,
                            return_final_state=True, chunk_size=self.chunk_size)
-        record_state_norm(ctx, self.layer_idx, plain_state(state))
-        if ctx.return_states:
-            ctx.set_final_state(self.layer_idx, (conv_tail(xbc_in, conv_init, self.conv_width, ctx.doc_ids),
-                                                 state))
+        finish_state(ctx, self.layer_idx, state, plain_state(state), xbc_in, conv_init, self.conv_width)
         y = self.norm(y.reshape(b, t, self.d_inner), z)
         return self.out_proj(y)
 

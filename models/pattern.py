@@ -1,18 +1,13 @@
 """Layer-pattern strings (Megatron / Nemotron-H convention, extended).
 
 One symbol per sublayer: `*` global attention, `W` sliding-window attention, `M` Mamba-2,
-`R` Griffin recurrent block, `-` MLP. Groups repeat with `(...)xN`, a single symbol with
-`SxN`; whitespace is ignored. Examples: "(*-)x12", "Mx48", "(R-R-W-)x4", "(M-M-M-*-)x6".
+`R` Griffin recurrent block, `-` MLP, and any symbol a registered MixerSpec adds
+(models/mixer_spec.py). Groups repeat with `(...)xN`, a single symbol with `SxN`; whitespace
+is ignored. Examples: "(*-)x12", "Mx48", "(R-R-W-)x4", "(M-M-M-*-)x6".
 """
 from __future__ import annotations
 
-SYMBOLS = {
-    "*": "global attention",
-    "W": "sliding-window attention",
-    "M": "Mamba-2 mixer",
-    "R": "Griffin recurrent block",
-    "-": "MLP",
-}
+from models.mixer_spec import registered
 
 
 class PatternError(ValueError):
@@ -21,6 +16,7 @@ class PatternError(ValueError):
 
 def parse_pattern(pattern: str) -> list[str]:
     """Expand a pattern into a flat list of symbols, or raise PatternError saying where it broke."""
+    symbols = registered()
     text = "".join(pattern.split())
     if not text:
         raise PatternError("model.pattern is empty; e.g. '(*-)x4'")
@@ -62,11 +58,11 @@ def parse_pattern(pattern: str) -> list[str]:
                 if depth == 0:
                     raise fail("unmatched ')'")
                 return out
-            elif ch in SYMBOLS:
+            elif ch in symbols:
                 pos += 1
                 out.extend([ch] * repeat_count())
             else:
-                raise fail(f"unknown symbol {ch!r} (valid: {' '.join(SYMBOLS)})")
+                raise fail(f"unknown symbol {ch!r} (valid: {' '.join(symbols)})")
         return out
 
     layers = seq(0)

@@ -14,11 +14,17 @@
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.tensor import DTensor
+
+from parallel.engine import Engine, OptimizerFactory, chain
+from parallel.layout import ParallelState
+from parallel.options import EngineOptions
 
 
 def local_grad(p: nn.Parameter) -> torch.Tensor | None:
@@ -67,29 +73,42 @@ class GradientAllReduce:
                 g.copy_(synced)
 
 
-def apply_ddp(model: nn.Module, pstate, device: torch.device) -> nn.Module:
-    """Torch DDP for a whole model, or a GradientAllReduce registered as pstate.grad_sync."""
-    if pstate.dims.tp == 1 and pstate.dims.pp == 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+class DDPEngine(Engine):
+    """Torch DDP for a whole model (tp = pp = 1), else a GradientAllReduce after the backward
+    passes; one process: the plain engine. DDP all-reduces only with the last micro-batch."""
 
-        ids = [device.index] if device.type == "cuda" else None
-        return DDP(model, device_ids=ids, process_group=pstate.grad_group)
-    pstate.grad_sync = chain(pstate.grad_sync, GradientAllReduce(list(model.parameters()), pstate.grad_group))
-    return model
+    @classmethod
+    def build(cls, model: nn.Module, pstate: ParallelState, opts: EngineOptions, device: torch.device,
+              make_optimizer: OptimizerFactory, grad_sync=None, root_units=None) -> Engine:
+        optimizer = make_optimizer(model)
+        if pstate.dims.dp * pstate.dims.sp == 1:
+            return cls(model, optimizer, pstate, opts, device, grad_sync)
+        if pstate.dims.tp == 1 and pstate.dims.pp == 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            ddp = DDP(model, device_ids=ids, process_group=pstate.grad_group)
+            return cls(ddp, optimizer, pstate, opts, device, grad_sync, module=model)
+        reduce = GradientAllReduce(list(model.parameters()), pstate.grad_group)
+        return cls(model, optimizer, pstate, opts, device, chain(grad_sync, reduce))
+
+    def sync_context(self, last: bool):
+        return self.model.no_sync() if not last and hasattr(self.model, "no_sync") else nullcontext()
 
 
-def chain(first, second):
-    """Run `first` (if any) then `second`: grad syncs compose (tied-weight sync, then dp)."""
-    if first is None:
-        return second
+class FSDPEngine(Engine):
+    """FSDP2: parameters, gradients and optimizer states sharded over dp × sp (see module doc)."""
 
-    def both() -> None:
-        first()
-        second()
-    return both
+    @classmethod
+    def build(cls, model: nn.Module, pstate: ParallelState, opts: EngineOptions, device: torch.device,
+              make_optimizer: OptimizerFactory, grad_sync=None, root_units: list[nn.Module] | None = None) -> Engine:
+        if pstate.dims.dp * pstate.dims.sp > 1:
+            bf16 = device.type == "cuda" and opts.bf16
+            apply_fsdp(model, pstate, device, torch.bfloat16 if bf16 else torch.float32, root_units)
+        return cls(model, make_optimizer(model), pstate, opts, device, grad_sync)
 
 
-def dp_mesh(pstate):
+def dp_mesh(pstate: ParallelState):
     """The 1-D dp × sp DeviceMesh that FSDP2 shards over."""
     mesh, dims = pstate.mesh, pstate.dims
     if dims.sp == 1:
@@ -99,27 +118,18 @@ def dp_mesh(pstate):
     return mesh["dp", "sp"]._flatten("dp_sp")
 
 
-def apply_fsdp(model: nn.Module, pstate, device: torch.device, param_dtype: torch.dtype) -> nn.Module:
-    """fully_shard each block, then the root (embedding, final norm, head); under pipeline
-    parallelism each stage's embedding and output head instead (see below)."""
+def apply_fsdp(model: nn.Module, pstate: ParallelState, device: torch.device, param_dtype: torch.dtype,
+               root_units: list[nn.Module] | None = None) -> nn.Module:
+    """fully_shard each block, then the root (embedding, final norm, head), or instead of the
+    root the given `root_units` (a pipeline stage's embedding and output head: stages call
+    them, never the stage model's forward, so each is its own unit, gathered around its own forward)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = dp_mesh(pstate)
-    mp = None
+    kwargs = {"mesh": dp_mesh(pstate)}
     if device.type == "cuda" and param_dtype != torch.float32:
-        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    kwargs = {"mesh": mesh}
-    if mp is not None:
-        kwargs["mp_policy"] = mp
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.layers:
         fully_shard(block, **kwargs)
-    if pstate.pipeline is not None:
-        # pipeline stages call the blocks, the embedding and the output head themselves, never
-        # PipelineModel.forward: each is its own FSDP unit, gathered around its own forward
-        if model.has_first:
-            fully_shard(model.embed, **kwargs)
-        if model.has_last:
-            fully_shard(model.output_head, **kwargs)
-        return model
-    fully_shard(model, **kwargs)
+    for unit in [model] if root_units is None else root_units:
+        fully_shard(unit, **kwargs)
     return model

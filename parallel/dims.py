@@ -53,41 +53,17 @@ class ParallelDims:
                                 mesh_dim_names=("pp", "dp", "sp", "tp"))
 
 
-def _symbols(pattern: str) -> list[str]:
-    from models.pattern import parse_pattern
-
-    return parse_pattern(pattern)
-
-
 def validate_layout(dims: ParallelDims, model_cfg, pcfg=None, batch_size: int | None = None) -> None:
     """Raise LayoutError if `model_cfg` cannot be split as `dims` asks (tp divisibility, pp depth)."""
-    symbols = _symbols(model_cfg.pattern)
-    tp = dims.tp
-    if tp > 1:
-        def need(value: int, what: str, key: str) -> None:
-            if value % tp:
-                raise LayoutError(f"{what} ({value}) is not divisible by parallel.tp={tp}; "
-                                  f"change {key} or parallel.tp")
-        need(model_cfg.vocab_size, "the vocabulary size", "model.vocab_size")
-        if any(s in "*W" for s in symbols):
-            need(model_cfg.n_heads, "the number of attention heads", "model.n_heads")
-            kv = model_cfg.kv_heads
-            if kv % tp and tp % kv:
-                raise LayoutError(f"model.n_kv_heads={kv} must divide or be divisible by parallel.tp={tp} "
-                                  "(kv heads are split, or replicated when fewer than tp)")
-        if "-" in symbols:
-            need(model_cfg.mlp_hidden_size, "the MLP hidden size", "model.mlp_hidden")
-        if "M" in symbols:
-            d_inner = model_cfg.ssm_expand * model_cfg.d_model
-            need(d_inner // model_cfg.ssm_headdim, "the number of Mamba-2 heads", "model.ssm_headdim")
-            g = model_cfg.ssm_ngroups
-            if g % tp and g != 1:
-                raise LayoutError(f"model.ssm_ngroups={g} must be 1 or divisible by parallel.tp={tp} "
-                                  "(groups are split over tp ranks, or one group is replicated)")
-        if "R" in symbols:
-            width = model_cfg.lru_width or model_cfg.d_model
-            need(width, "the Griffin recurrent width", "model.lru_width")
-            need(model_cfg.lru_heads or model_cfg.n_heads, "the Griffin gate blocks", "model.lru_heads")
+    from models.mixer_spec import specs_in
+    from models.pattern import parse_pattern
+
+    symbols = parse_pattern(model_cfg.pattern)
+    specs = specs_in(symbols)
+    if dims.tp > 1:
+        validate_tensor_parallel(dims.tp, model_cfg, specs)
+    if dims.sp > 1:
+        validate_sequence_parallel(specs)
     if dims.pp > 1:
         chunks = dims.pp * (2 if pcfg is not None and pcfg.pp_schedule == "interleaved_1f1b" else 1)
         if len(symbols) < chunks:
@@ -101,3 +77,30 @@ def validate_layout(dims: ParallelDims, model_cfg, pcfg=None, batch_size: int | 
             if pcfg.pp_schedule != "gpipe" and mb < dims.pp:
                 raise LayoutError(f"parallel.pp_schedule={pcfg.pp_schedule!r} needs parallel.pp_microbatches >= "
                                   f"parallel.pp={dims.pp} (got {mb}); raise the micro-batch count")
+
+
+def validate_tensor_parallel(tp: int, model_cfg, specs) -> None:
+    """The vocabulary and every mixer (its MixerSpec's tp_check) must split over tp ranks."""
+    from models.mixer_spec import divisible
+
+    problem = divisible(model_cfg.vocab_size, "the vocabulary size", "model.vocab_size", tp)
+    for spec in specs:
+        if problem is not None:
+            break
+        if spec.tp_plan is None:
+            problem = f"the {spec.description} ({spec.symbol!r}) has no tensor-parallel plan; set parallel.tp=1"
+        elif spec.tp_check is not None:
+            problem = spec.tp_check(model_cfg, tp)
+    if problem is not None:
+        raise LayoutError(problem)
+
+
+def validate_sequence_parallel(specs) -> None:
+    """Every mixer must be sequence-parallel capable, through hooks SequenceParallelHooks has."""
+    from parallel.sequence import SequenceParallelHooks
+
+    for spec in specs:
+        missing = None if spec.sp_hooks is None else [h for h in spec.sp_hooks if not hasattr(SequenceParallelHooks, h)]
+        if spec.sp_hooks is None or missing:
+            what = "is not sequence-parallel capable" if spec.sp_hooks is None else f"needs sp hooks {missing}"
+            raise LayoutError(f"the {spec.description} ({spec.symbol!r}) {what}; set parallel.sp=1")

@@ -60,16 +60,3 @@ def _device_for(group) -> torch.device:
     """NCCL groups need CUDA tensors; gloo takes CPU ones."""
     backend = dist.get_backend(group)
     return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-
-
-def clip_gradients(model: nn.Module, max_norm: float, pstate) -> torch.Tensor:
-    """The trainer's clip for any layout; returns the global gradient norm before clipping."""
-    from parallel.deepspeed_engine import grad_norm, is_deepspeed
-
-    if is_deepspeed(model):
-        return grad_norm(model)                  # DeepSpeed clipped inside engine.step()
-    runner = getattr(pstate, "pipeline", None)
-    skip: set[int] = set()
-    if runner is not None and runner.tie is not None and not runner.model.has_first:
-        skip = {id(p) for p in runner.tied_params()}  # the last stage's copy of the tied embedding
-    return clip_grad_norm(list(model.parameters()), max_norm, getattr(pstate, "pp_group", None), skip)

@@ -19,8 +19,9 @@ from parallel.dims import ParallelDims, validate_layout
 from parallel.distributed import init_distributed
 
 
-@dataclass
+@dataclass(frozen=True)
 class ParallelState:
+    """Built once by setup_parallel and never changed (what parallelize adds lives in the Engine)."""
     dims: ParallelDims
     rank: int = 0
     world: int = 1
@@ -33,8 +34,6 @@ class ParallelState:
     grad_group: Any = None        # process group over dp × sp (None: default group or single process)
     tp_group: Any = None          # tensor-parallel group (None when tp = 1)
     pp_group: Any = None          # pipeline group (None when pp = 1)
-    pipeline: Any = None          # parallel.pipeline.PipelineRunner when pp > 1 (train/step.py uses it)
-    grad_sync: Any = None         # callable run after the backward passes (manual dp × sp all-reduce)
 
     @property
     def grad_group_size(self) -> int:
@@ -45,26 +44,30 @@ class ParallelState:
         return self.tp_rank == 0 and self.pp_rank == self.dims.pp - 1
 
 
-def setup_parallel(cfg, device: torch.device) -> ParallelState:
-    """Initialise torch.distributed (if launched with several processes) and the DeviceMesh."""
+def setup_parallel(pcfg, model_cfg, batch_size: int, device: torch.device) -> ParallelState:
+    """Initialise torch.distributed (if launched with several processes) and the DeviceMesh.
+
+    `pcfg` is the [parallel] config section, `model_cfg` the ModelConfig (the layout must fit
+    it), `batch_size` the rows per data-parallel rank (pipeline micro-batches split it)."""
     rank, world, _ = init_distributed(device.type)
-    dims = ParallelDims.from_config(cfg.parallel, world)
-    validate_layout(dims, cfg.model, cfg.parallel, cfg.data.batch_size)
-    state = ParallelState(dims=dims, rank=rank, world=world)
+    dims = ParallelDims.from_config(pcfg, world)
+    validate_layout(dims, model_cfg, pcfg, batch_size)
     if world == 1:
-        return state
+        return ParallelState(dims=dims, rank=rank, world=world)
     mesh = dims.build_mesh(device.type)
-    state.mesh = mesh
-    state.dp_rank = mesh.get_local_rank("dp")
-    state.sp_rank = mesh.get_local_rank("sp")
-    state.tp_rank = mesh.get_local_rank("tp")
-    state.pp_rank = mesh.get_local_rank("pp")
     if dims.dp * dims.sp == world:
-        state.grad_group = dist.group.WORLD
+        grad_group = dist.group.WORLD
     else:
-        state.grad_group = mesh["dp", "sp"]._flatten("dp_sp").get_group()
-    if dims.tp > 1:
-        state.tp_group = mesh["tp"].get_group()
-    if dims.pp > 1:
-        state.pp_group = mesh["pp"].get_group()
-    return state
+        grad_group = mesh["dp", "sp"]._flatten("dp_sp").get_group()
+    sp_hooks = None
+    if dims.sp > 1:
+        # LightSeq sequence parallelism: the hooks the mixers call as ctx.sp (parallel/sequence/)
+        from parallel.sequence import SequenceParallelHooks
+
+        sp_hooks = SequenceParallelHooks(mesh["sp"].get_group())
+    return ParallelState(
+        dims=dims, rank=rank, world=world, mesh=mesh, grad_group=grad_group, sp_hooks=sp_hooks,
+        dp_rank=mesh.get_local_rank("dp"), sp_rank=mesh.get_local_rank("sp"),
+        tp_rank=mesh.get_local_rank("tp"), pp_rank=mesh.get_local_rank("pp"),
+        tp_group=mesh["tp"].get_group() if dims.tp > 1 else None,
+        pp_group=mesh["pp"].get_group() if dims.pp > 1 else None)

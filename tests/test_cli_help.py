@@ -57,3 +57,13 @@ def test_config_takes_a_recipe_name_and_environment_overrides(monkeypatch, tmp_p
     monkeypatch.setenv("LONGWEAVE_OVERRIDES", "--model.d_model=32 --data.seq_len 48")
     cfg = load_config("tiny", ["--model.d_model=64", "--optim.lr=0.5"])
     assert (cfg.model.d_model, cfg.data.seq_len, cfg.optim.lr) == (32, 48, 0.5)
+
+
+def test_cuda_without_a_gpu_is_a_one_line_user_error(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    assert main(["--config", "tiny", "--train.device=cuda", f"--train.run_dir={tmp_path}", "--train.threads=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.device='cuda' but no CUDA device is visible") and err.count("\n") == 1

@@ -57,7 +57,7 @@ def test_corpus_reads_documents_as_megatron_core_wrote_them(mega):
     corpus = MegatronCorpus(str(mega), block_docs=16)
     docs = random_docs(50, 1) + random_docs(30, 2)
     assert corpus.n_shards == 4 + 2 and corpus.vocab_size == max(int(np.concatenate(d).max()) for d in docs) + 1
-    got = [corpus.doc(int(s), int(i)) for s, i in zip(*corpus.locate(np.arange(80)))]
+    got = [corpus.doc(int(s), int(i))[:] for s, i in zip(*corpus.locate(np.arange(80)))]   # lazy views
     for want, have in zip(docs, got):
         np.testing.assert_array_equal(np.concatenate(want), have)    # a document's sequences joined
 
@@ -144,6 +144,15 @@ def test_bad_prefixes_are_one_line_errors(mega, tmp_path, capsys):
     assert "model.vocab_size" in msg
 
 
+def test_a_rank_reads_only_the_tokens_it_packs(tmp_path):
+    write_with_megatron_core(tmp_path / "long", [[np.arange(5000) % VOCAB] for _ in range(4)])
+    corpus = MegatronCorpus(str(tmp_path / "long"))
+    (ld,) = [ShardLoader("", 16, 2, 1, 4, seed=7, source="megatron", corpus=corpus)]   # rank 1 of 4
+    for _ in range(10):
+        ld.next_batch()
+    assert corpus.bytes_read == 10 * (2 * 16 + 1) * 2          # its 2 rows + the last label token, uint16
+
+
 def test_dtype_or_ids_disagreeing_with_the_tokenizer(tmp_path):
     write_with_megatron_core(tmp_path / "p", random_docs(5, 3))
     meta = {"format": "longweave-megatron", "tokenizer": "hf:big", "vocab_size": 100_000, "eos": 2}
@@ -153,6 +162,20 @@ def test_dtype_or_ids_disagreeing_with_the_tokenizer(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps({**meta, "vocab_size": 50}))   # ids up to 299 in the .bin
     corpus = MegatronCorpus(str(tmp_path / "p"))
     with pytest.raises(DataError, match="outside the vocabulary of 50"):
-        [corpus.doc(0, i) for i in range(5)]
+        [corpus.doc(0, i)[2:9] for i in range(5)]                       # checked where read
     skipping = MegatronCorpus(str(tmp_path / "p"), skip_corrupt=True)
     assert all(skipping.doc(0, i) is None for i in range(5)) and len(skipping.problems) == 5
+
+
+def _megatron_run(rank, world, path, run_dir, *extra):
+    return train(config(path, run_dir, *extra), log=lambda m: None).losses
+
+
+def test_a_dp2_checkpoint_resumes_on_one_process_with_the_same_global_batches(pool2, mega, tmp_path):
+    two = pool2.run(_megatron_run, str(mega), str(tmp_path / "dp2"), "--train.steps=4", "--checkpoint.every=2")
+    assert two[0] == two[1] and len(two[0]) == 4
+    (tmp_path / "one" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "dp2" / "checkpoints" / "step-0000002", tmp_path / "one" / "checkpoints" / "step-0000002")
+    one = _megatron_run(0, 1, str(mega), str(tmp_path / "one"), "--train.steps=4", "--checkpoint.every=2",
+                        "--checkpoint.resume=auto", "--data.batch_size=4", "--data.num_workers=2")
+    assert len(one) == 2 and max(abs(a - b) for a, b in zip(two[0][2:], one)) < 1e-5   # dp=2·2 rows = 1·4 rows

@@ -200,3 +200,19 @@ def test_long_context_mix_recipe_loads_and_trains_on_its_three_sources(tmp_path,
     result = train(load_config(recipe, small), log=logged.append)
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
     assert "L=16384, 3/0.3" in "\n".join(logged)
+
+
+def _mixture_run(rank, world, path, run_dir, *extra):
+    return train(load_config(path, [*TINY, f"--train.run_dir={run_dir}", *extra]), log=lambda m: None).losses
+
+
+def test_a_dp2_checkpoint_resumes_on_one_process_with_the_same_global_batches(pool2, corpora, tmp_path):
+    path = mix_toml(tmp_path, corpora, f'path = "{corpora / "short"}"\nweight = 0.5',
+                    f'path = "{corpora / "long"}"\nweight = 0.5\nlong_doc_len = 300\nlong_doc_rate = 2.0')
+    two = pool2.run(_mixture_run, path, str(tmp_path / "dp2"), "--train.steps=4", "--checkpoint.every=2")
+    assert two[0] == two[1] and len(two[0]) == 4
+    (tmp_path / "one" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "dp2" / "checkpoints" / "step-0000002", tmp_path / "one" / "checkpoints" / "step-0000002")
+    one = _mixture_run(0, 1, path, str(tmp_path / "one"), "--train.steps=4", "--checkpoint.every=2",
+                       "--checkpoint.resume=auto", "--data.batch_size=4", "--data.num_workers=2")
+    assert len(one) == 2 and max(abs(a - b) for a, b in zip(two[0][2:], one)) < 1e-5   # dp=2·2 rows = 1·4 rows

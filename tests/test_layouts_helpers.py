@@ -55,28 +55,24 @@ def one_step_grads(rank, world, cfg, batch_seed: int = 0):
     """(summed loss over the world, {param: full gradient}) after one forward/backward."""
     import models
     from data.loader import build_loader
-    from parallel import parallelize, wrap_engine
+    from parallel import parallelize
     from parallel.distributed import all_reduce
     from parallel.layout import setup_parallel
+    from train.build import engine_options
     from train.optim import build_optimizer
-    from train.step import forward_backward
 
     device = torch.device("cpu")
-    pstate = setup_parallel(cfg, device)
+    pstate = setup_parallel(cfg.parallel, cfg.model, cfg.data.batch_size, device)
     torch.manual_seed(cfg.train.seed)
     model = models.build(cfg.model)
-    model = parallelize(model, pstate, cfg, device)
-    if cfg.parallel.engine == "deepspeed":
-        model, _ = wrap_engine(model, build_optimizer(model, cfg.optim, device), pstate, cfg)
+    engine = parallelize(model, pstate, engine_options(cfg), device, lambda m: build_optimizer(m, cfg.optim, device))
     loader = build_loader(cfg.data, pstate.dp_rank, pstate.dims.dp)
     batches = [loader.next_batch().seq_slice(pstate.sp_rank, pstate.dims.sp) for _ in range(cfg.train.grad_accum)]
     count = float(pstate.is_loss_rank) * sum(b.num_label_tokens() for b in batches)
     global_count = int(all_reduce(torch.tensor([count], dtype=torch.float64)).item())
-    from contextlib import nullcontext
-
-    loss = forward_backward(model, batches, pstate, global_count, nullcontext())
+    loss = engine.forward_backward(batches, global_count)
     loss = all_reduce(loss * float(pstate.is_loss_rank)).item() / global_count
-    grads = full_grads(model.module if cfg.parallel.engine == "deepspeed" else model)
+    grads = full_grads(engine.module)
     if world > 1:
         boxes = [None] * world
         dist.all_gather_object(boxes, grads)
@@ -123,10 +119,13 @@ def dp_sharded_names(rank, world, cfg) -> tuple[list[str], list[str]]:
     import models
     from parallel import parallelize
     from parallel.layout import setup_parallel
+    from train.build import engine_options
+    from train.optim import build_optimizer
 
     device = torch.device("cpu")
-    pstate = setup_parallel(cfg, device)
-    model = parallelize(models.build(cfg.model), pstate, cfg, device)
+    pstate = setup_parallel(cfg.parallel, cfg.model, cfg.data.batch_size, device)
+    model = parallelize(models.build(cfg.model), pstate, engine_options(cfg), device,
+                        lambda m: build_optimizer(m, cfg.optim, device)).module
     sharded = [n for n, p in model.named_parameters() if isinstance(p, DTensor)
                and any(isinstance(pl, Shard) and p.device_mesh.mesh_dim_names[i] in ("dp", "dp_sp")
                        for i, pl in enumerate(p.placements))]

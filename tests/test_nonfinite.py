@@ -27,35 +27,31 @@ def poison(monkeypatch, bad_steps: set[int], what: str = "grad", rank_only: int 
     """Make the grad norm (or this rank's loss) NaN at the given 1-based steps; count optimizer updates."""
     import os
 
+    from parallel.engine import Engine
+
     rank = int(os.environ.get("RANK", "0"))
     seen = {"step": 0, "updates": 0}
-    real_fb, real_clip, real_build = loop.forward_backward, loop.clip_gradients, loop.build_optimizer
+    real_fb, real_clip, real_step = Engine.forward_backward, Engine.clip, Engine.step
 
-    def fb(*a, **k):
+    def hit() -> bool:
+        return seen["step"] in bad_steps and (rank_only is None or rank == rank_only)
+
+    def fb(self, *a, **k):
         seen["step"] += 1
-        out = real_fb(*a, **k)
-        hit = seen["step"] in bad_steps and (rank_only is None or rank == rank_only)
-        return out * float("nan") if what == "loss" and hit else out
+        out = real_fb(self, *a, **k)
+        return out * float("nan") if what == "loss" and hit() else out
 
-    def clip(*a, **k):
-        norm = real_clip(*a, **k)
-        hit = seen["step"] in bad_steps and (rank_only is None or rank == rank_only)
-        return norm * float("nan") if what == "grad" and hit else norm
+    def clip(self, *a, **k):
+        norm = real_clip(self, *a, **k)
+        return norm * float("nan") if what == "grad" and hit() else norm
 
-    def build(*a, **k):
-        opt = real_build(*a, **k)
-        step = opt.step
+    def step(self):
+        seen["updates"] += 1
+        return real_step(self)
 
-        def counted(*sa, **sk):
-            seen["updates"] += 1
-            return step(*sa, **sk)
-
-        opt.step = counted
-        return opt
-
-    monkeypatch.setattr(loop, "forward_backward", fb)
-    monkeypatch.setattr(loop, "clip_gradients", clip)
-    monkeypatch.setattr(loop, "build_optimizer", build)
+    monkeypatch.setattr(Engine, "forward_backward", fb)
+    monkeypatch.setattr(Engine, "clip", clip)
+    monkeypatch.setattr(Engine, "step", step)
     return seen
 
 

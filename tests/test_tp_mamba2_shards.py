@@ -30,30 +30,28 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 def _shards(rank, world, cfg):
     """(single-process weights, {name: (local weight, local grad, local Adam exp_avg)}) of layer 0's
     Mamba-2 parameters, the summed loss and the gathered full gradients, after one step."""
-    from contextlib import nullcontext
-
     import models
     from data.loader import build_loader
     from parallel import parallelize
     from parallel.distributed import all_reduce
     from parallel.layout import setup_parallel
+    from train.build import engine_options
     from train.optim import build_optimizer
-    from train.step import forward_backward
 
     device = torch.device("cpu")
-    pstate = setup_parallel(cfg, device)
+    pstate = setup_parallel(cfg.parallel, cfg.model, cfg.data.batch_size, device)
     torch.manual_seed(cfg.train.seed)
     model = models.build(cfg.model)
     prefix = "layers.0.mixer."
     full = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith(prefix)}
-    model = parallelize(model, pstate, cfg, device)
+    engine = parallelize(model, pstate, engine_options(cfg), device, lambda m: build_optimizer(m, cfg.optim, device))
+    model, optim = engine.module, engine.optimizer
     before = {n.removeprefix(prefix): _local(p.data).clone() for n, p in model.named_parameters()
               if n.startswith(prefix)}
-    optim = build_optimizer(model, cfg.optim, device)
     batch = build_loader(cfg.data, pstate.dp_rank, pstate.dims.dp).next_batch()
     count = float(pstate.is_loss_rank) * batch.num_label_tokens()
     global_count = int(all_reduce(torch.tensor([count], dtype=torch.float64)).item())
-    loss = forward_backward(model, [batch], pstate, global_count, nullcontext())
+    loss = engine.forward_backward([batch], global_count)
     loss = all_reduce(loss * float(pstate.is_loss_rank)).item() / global_count
     grads = full_grads(model)
     optim.step()

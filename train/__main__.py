@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None:
         rest = [*rest, f"--checkpoint.resume={args.resume}"]
     from train.threads import configure_threads
+    from train.wandb_log import require_wandb
 
     try:
         cfg = load_config(args.config, rest)
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_toml(cfg), end="")
             return 0
         threads = configure_threads(cfg.train.threads)
+        require_wandb(cfg.metrics.wandb)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = train(cfg)
-    except (LayoutError, DataError, RunError) as e:
+    except (ConfigError, LayoutError, DataError, RunError) as e:   # user errors found while setting up: exit 2
         print(f"error: {e}", file=sys.stderr)
         record_failure(cfg.train.run_dir, 2, e)
         return 2

@@ -28,15 +28,10 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-from parallel.deepspeed_engine import is_deepspeed, load_deepspeed, save_deepspeed
 from parallel.distributed import all_reduce, barrier, is_dist
+from parallel.engine import load_model_weights
 from train.checkpoint_guards import (
     CheckpointError,
     all_finite,
@@ -48,10 +43,6 @@ from train.checkpoint_guards import (
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
-# optimizer hyper-parameters stored per parameter name ("param_groups.<fqn>.lr"), not as one
-# list of groups: a pipeline stage's groups hold only its own parameters, and the per-name
-# form is what lets a checkpoint move between pp layouts (torchtitan does the same)
-OPTIM_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def warn(msg: str) -> None:
@@ -127,17 +118,18 @@ class Checkpointer:
                                   "train_state.json); pass a complete step-* directory, auto, or none")
         return path
 
-    def save(self, step: int, model, optimizer, train_state: dict, config_toml: str,
+    def save(self, step: int, engine, train_state: dict, config_toml: str,
              rank_state: dict | None = None) -> Path:
+        """`engine` (parallel.Engine) writes the model and optimizer state; the rest is ours."""
         final = self.dir / f"step-{step:07d}"
         tmp = self.dir / f".tmp-step-{step:07d}"
-        if not all_finite(model):
+        if not all_finite(engine.module):
             newest = list_checkpoints(self.dir)
             raise CheckpointError(f"the weights are not finite at step {step}; not saving {final} (the newest "
                                   f"checkpoint, {newest[-1].name if newest else 'none'}, is untouched); lower "
                                   "optim.lr or set train.on_nonfinite=skip")
         self._agree(lambda: self._make_tmp(tmp) if self.rank == 0 else None, tmp)
-        self._agree(lambda: self._write_shards(tmp, model, optimizer, rank_state), tmp)
+        self._agree(lambda: self._write_shards(tmp, engine, rank_state), tmp)
         self._agree(lambda: self._publish(tmp, final, config_toml, train_state) if self.rank == 0 else None, tmp)
         if self.rank == 0:
             self.prune(keep=final)
@@ -148,12 +140,8 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
 
-    def _write_shards(self, tmp: Path, model, optimizer, rank_state: dict | None) -> None:
-        if is_deepspeed(model):
-            save_deepspeed(model, tmp)         # ZeRO-partitioned optimizer + full weights via DCP
-        else:
-            model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIM_FLAT)
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    def _write_shards(self, tmp: Path, engine, rank_state: dict | None) -> None:
+        engine.save(tmp)
         torch.save({"rng": rng_state(), "extra": rank_state or {}}, tmp / f"rank-{self.rank:05d}.pt")
 
     def _publish(self, tmp: Path, final: Path, config_toml: str, train_state: dict) -> None:
@@ -207,9 +195,9 @@ class Checkpointer:
         fsync_dir(self.dir)
         return final
 
-    def load(self, path: Path, model, optimizer, model_cfg=None, allow_model_change: list[str] = ()) -> dict:
-        """Load model, optimizer and this rank's RNG from `path`; returns the train state. This
-        rank's extra state (save's rank_state) is left in self.rank_state ({} if there is none).
+    def load(self, path: Path, engine, model_cfg=None, allow_model_change: list[str] = ()) -> dict:
+        """Load model and optimizer (through `engine`) and this rank's RNG from `path`; returns the
+        train state. This rank's extra state (save's rank_state) is left in self.rank_state ({} if none).
         A weights-only checkpoint (save_initial) loads the model and leaves the rest fresh.
         With `model_cfg`, a checkpoint written for a different model is refused first."""
         if model_cfg is not None:
@@ -220,13 +208,10 @@ class Checkpointer:
         self.rank_state = {}
         try:
             if train_state.get("weights_only"):
-                if is_deepspeed(model):
-                    raise NotImplementedError("resuming an imported (weights-only) checkpoint under DeepSpeed is "
-                                              "not supported; use parallel.engine=ddp or fsdp")
-                load_model_weights(path, model)
+                engine.load_weights(path)
                 self.loaded = path
                 return train_state
-            self._load_state(path, model, optimizer)
+            engine.load(path)
         except (CheckpointError, NotImplementedError):
             raise
         except (RuntimeError, ValueError, KeyError, CheckpointException) as e:
@@ -243,26 +228,6 @@ class Checkpointer:
             warn(f"{rank_file.name} not in {path} (world size changed?); RNG state not restored")
         self.loaded = path
         return train_state
-
-    @staticmethod
-    def _load_state(path: Path, model, optimizer) -> None:
-        if is_deepspeed(model):
-            load_deepspeed(model, path)
-            return
-        model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIM_FLAT)
-        state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                       options=OPTIM_FLAT)
-
-
-def load_model_weights(path: str | Path, model) -> None:
-    """Model weights only (for evaluation), from a checkpoint written by any parallel layout."""
-    sd = {"model": get_model_state_dict(model)}
-    dcp.load(sd, checkpoint_id=str(path))
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-    set_model_state_dict(model, sd["model"], options=StateDictOptions(strict=True))
 
 
 def write_json_synced(path: Path, obj) -> None:

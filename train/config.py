@@ -151,6 +151,9 @@ class CheckpointConfig:
 class MetricsConfig:
     tensorboard: bool = opt(True, "write TensorBoard events under <run_dir>/tb")
     state_norms: bool = opt(True, "log recurrent (M, R) state norms per layer to TensorBoard")
+    wandb: bool = opt(False, "also log to Weights & Biases, same tags as TensorBoard (pip install 'longweave[wandb]')")
+    wandb_project: str = opt("longweave", "Weights & Biases project")
+    wandb_mode: str = choice("online", "offline", help="offline: write under <run_dir>/wandb, upload later with wandb sync")
 
 
 @dataclass

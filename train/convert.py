@@ -1,12 +1,13 @@
 """Hugging Face checkpoints in and out of longweave runs.
 
-    python -m train.convert from-hf HF_DIR --output RUN_DIR [--dtype float32|float64]
+    python -m train.convert from-hf HF_DIR --output RUN_DIR [--dtype float32|float64] [--recipe X.toml]
     python -m train.convert to-hf CHECKPOINT --output OUT_DIR [--dtype float32|bfloat16|float64]
 
 from-hf reads a local model directory (config.json; model.safetensors or sharded
 model-*.safetensors with their index; or pytorch_model*.bin) and writes RUN_DIR/config.toml
-plus a step-0 weights-only checkpoint, so `python -m train --config RUN_DIR/config.toml
---resume auto` continues pretraining under any parallel layout with a fresh optimizer. The
+plus a step-0 weights-only checkpoint, so `python -m train --config RUN_DIR/config.toml`
+continues pretraining under any parallel layout with a fresh optimizer. A --recipe TOML sets
+the run's data, optimizer, parallel layout and RoPE changes on top of the imported config. The
 source config.json and tokenizer files are kept in RUN_DIR/hf/ (train on shards made with
 `--tokenizer hf:RUN_DIR/hf`).
 to-hf takes a checkpoint directory (or a run directory: its newest complete checkpoint),
@@ -51,8 +52,40 @@ def empty_output(path: Path) -> None:
         raise ConvertError(f"--output {path} exists and is not empty; choose a new directory (nothing is overwritten)")
 
 
-def from_hf(src: Path, out: Path, dtype: str) -> Path:
+def apply_toml(run, path: Path) -> None:
+    """Set every key of a TOML file on run (a Config), as load_config does, but without the
+    command line or LONGWEAVE_OVERRIDES: a conversion depends on its files only."""
+    from train.config import ConfigError, set_key, tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"'{section}' is not a [section]")
+            for key, value in values.items():
+                set_key(run, f"{section}.{key}", value)
+        run.model.validate()
+    except FileNotFoundError:
+        raise ConvertError(f"{path} not found") from None
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise ConvertError(f"{path}: {e}") from None
+
+
+def build_with(cfg, ours: dict, dtype: str, recipe: Path | None):
+    """Our model with the imported weights; a recipe that changes a tensor's shape is refused."""
     import models
+
+    model = models.build(cfg).to(DTYPES[dtype])
+    try:
+        model.load_state_dict({k: v.to(DTYPES[dtype]) for k, v in ours.items()}, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise ConvertError(f"the recipe {recipe} changes the imported architecture ({first}); its [model] "
+                           "section may only change RoPE, window and training-time settings") from None
+    return model
+
+
+def from_hf(src: Path, out: Path, dtype: str, recipe: Path | None = None) -> Path:
     from train.checkpoint import Checkpointer
     from train.config import Config, TrainConfig, dump_toml
 
@@ -61,10 +94,11 @@ def from_hf(src: Path, out: Path, dtype: str) -> Path:
     family = family_for(hf_config)
     cfg = family.config_from_hf(hf_config)
     ours = family.state_from_hf(read_hf_state(src), cfg)
-    model = models.build(cfg).to(DTYPES[dtype])
-    model.load_state_dict({k: v.to(DTYPES[dtype]) for k, v in ours.items()}, strict=True)
-    run = Config(model=cfg, train=TrainConfig(run_dir=str(out), dtype="float64" if dtype == "float64" else "auto"))
-    run.checkpoint.resume = "auto"
+    run = Config(model=cfg, train=TrainConfig(dtype="float64" if dtype == "float64" else "auto"))
+    if recipe is not None:
+        apply_toml(run, recipe)
+    run.train.run_dir, run.checkpoint.resume = str(out), "auto"
+    model = build_with(run.model, ours, dtype, recipe)
     config_toml = dump_toml(run)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config_toml)
@@ -90,13 +124,11 @@ def resolve_checkpoint(path: Path) -> Path:
 def to_hf(path: Path, out: Path, dtype: str, shard_bytes: int) -> Path:
     import models
     from train.checkpoint import load_model_weights
-    from train.config import ConfigError, load_config
+    from train.config import Config
 
     ckpt = resolve_checkpoint(path)
-    try:
-        run = load_config(ckpt / "config.toml")
-    except ConfigError as e:
-        raise ConvertError(f"{ckpt / 'config.toml'}: {e}") from None
+    run = Config()
+    apply_toml(run, ckpt / "config.toml")
     cfg = run.model
     empty_output(out)
     family = family_for_model(cfg)
@@ -123,6 +155,8 @@ def parse_args(argv: list[str]):
     a.add_argument("source", help="directory with config.json and *.safetensors or pytorch_model*.bin")
     a.add_argument("--output", required=True, help="new run directory (config.toml + step-0 checkpoint)")
     a.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="weights' dtype in the run")
+    a.add_argument("--recipe", default=None, help="TOML recipe for the continued pretraining: its sections "
+                   "(and its [model] RoPE keys) are set on top of the imported model's config")
     b = sub.add_parser("to-hf", help="export a checkpoint as a Hugging Face model directory")
     b.add_argument("checkpoint", help="checkpoint directory, or a run directory (its newest checkpoint)")
     b.add_argument("--output", required=True, help="new directory for config.json + safetensors")
@@ -135,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "from-hf":
-            written = from_hf(Path(args.source), Path(args.output), args.dtype)
+            recipe = None if args.recipe is None else Path(args.recipe)
+            written = from_hf(Path(args.source), Path(args.output), args.dtype, recipe)
         else:
             written = to_hf(Path(args.checkpoint), Path(args.output), args.dtype, int(args.shard_size_mb * 2**20))
     except (ConvertError, InteropError) as e:

@@ -192,7 +192,7 @@ def evaluate_model(model, cfg, out_dir: str | Path, *, lengths: list[int], depth
 
 
 def periodic_eval(model, cfg, step: int, tb, is_main: bool, device) -> dict | None:
-    """Evaluation every cfg.eval.every steps inside training.
+    """Evaluation every cfg.eval.every steps inside training (`model`: the engine's module, unwrapped).
 
     Every rank runs it on the same inputs (sharded engines such as FSDP need all ranks in the
     forward); only rank 0 writes files and TensorBoard entries.
@@ -205,7 +205,6 @@ def periodic_eval(model, cfg, step: int, tb, is_main: bool, device) -> dict | No
             print("warning: eval.every is skipped under parallel.tp/pp > 1 (sharded weights); run "
                   "python -m train.evaluate on the checkpoint instead", file=sys.stderr)
         return None
-    module = getattr(model, "module", model)
     e = cfg.eval
     loss_len = e.loss_length or e.loss_multiple * cfg.data.seq_len
     kw = dict(lengths=list(e.passkey_lengths), depths=e.passkey_depths, trials=e.passkey_trials,
@@ -213,11 +212,11 @@ def periodic_eval(model, cfg, step: int, tb, is_main: bool, device) -> dict | No
               tb=tb if is_main else None, step=step, write=is_main, tasks=list(e.tasks), jrt=e.jrt)
     out = Path(cfg.train.run_dir) / "eval" / f"step-{step:07d}"
     try:
-        return evaluate_model(module, cfg, out, **kw)
+        return evaluate_model(model, cfg, out, **kw)
     except TaskError as err:        # e.g. eval.passkey_lengths below a task's fixed parts: keep training
         if is_main:
             print(f"warning: periodic task evaluation skipped: {err}", file=sys.stderr)
-        return evaluate_model(module, cfg, out, **{**kw, "tasks": []})
+        return evaluate_model(model, cfg, out, **{**kw, "tasks": []})
 
 
 def find_checkpoint(path: Path) -> Path:

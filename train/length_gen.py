@@ -15,8 +15,8 @@ Only the recurrent state (M, R) is initialised; attention layers are untouched. 
 from step to step (the last final states, fitted σ, the noise generator) is per-rank state that
 the checkpoint keeps (state_dict, in rank-RRRRR.pt), so a resumed run continues exactly; after a
 change of world size it starts again from the configured initial state.
-Hooked into the trainer through `pstate.length_gen` (train/step.py calls forward_kwargs /
-after_forward around every micro-batch forward).
+The trainer passes it to the engine as its forward hooks (parallel.engine.ForwardHooks:
+forward_kwargs / after_forward around every micro-batch forward).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from models.collapse import WindowCache
+from models.mixer_spec import mixer_spec
 
 
 @dataclass
@@ -43,12 +44,12 @@ def map_state(fn, st):
 
 
 def recurrent_layers(model) -> list[LayerInfo]:
+    """The layers whose MixerSpec declares a recurrent state, with its number of heads."""
     out = []
     for i, block in enumerate(model.layers):
-        if block.symbol == "M":
-            out.append(LayerInfo(i, block.mixer.nheads))
-        elif block.symbol == "R":
-            out.append(LayerInfo(i, block.mixer.rglru.gate_a.blocks))
+        spec = mixer_spec(block.symbol)
+        if spec.is_recurrent:
+            out.append(LayerInfo(i, spec.state_heads(block.mixer)))
     return out
 
 
@@ -153,8 +154,9 @@ class LengthGen:
         return logits
 
 
-def build_length_gen(cfg, model, pstate) -> LengthGen | None:
-    """The configured intervention, or None when [lengthgen] is all off (the default)."""
+def build_length_gen(cfg, module, pstate) -> LengthGen | None:
+    """The configured intervention for `module` (the model itself, not a DDP/FSDP wrapper), or
+    None when [lengthgen] is all off (the default)."""
     lg = cfg.lengthgen
     if lg.state_init == "zero" and not lg.tbptt:
         return None
@@ -168,15 +170,7 @@ def build_length_gen(cfg, model, pstate) -> LengthGen | None:
                           "per full sequence)")
     if lg.tbptt and cfg.data.source != "synthetic":
         raise LayoutError("lengthgen.tbptt needs data.source=synthetic (the row-stream loader)")
-    module = getattr(model, "module", model)
     if not recurrent_layers(module):
         raise LayoutError(f"lengthgen.state_init/tbptt act on M or R layers; model.pattern={cfg.model.pattern!r} "
                           "has none")
     return LengthGen(lg, module, cfg.train.seed + pstate.rank)
-
-
-def build_tbptt_loader(cfg, dp_rank: int, dp_size: int):
-    from data.row_streams import RowStreamLoader
-
-    d = cfg.data
-    return RowStreamLoader(d.seq_len, d.batch_size, dp_rank, dp_size, d.seed, d.min_doc_chars, d.max_doc_chars)

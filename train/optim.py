@@ -37,10 +37,9 @@ def lr_at(step: int, total_steps: int, cfg) -> float:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: decayed matrices, and the rest (norm gains, biases, A_log, D, dt_bias)."""
-    inner = getattr(model, "module", model)
-    no_decay = inner.no_weight_decay_names() if hasattr(inner, "no_weight_decay_names") else set()
+    no_decay = model.no_weight_decay_names() if hasattr(model, "no_weight_decay_names") else set()
     decay, keep = [], []
-    for name, p in inner.named_parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (keep if name in no_decay or p.ndim < 2 else decay).append(p)

@@ -1,62 +1,63 @@
-"""One optimizer step's forward and backward passes over its micro-batches.
+"""One optimizer step: load the micro-batches, run them through the engine, clip, step.
 
-Each micro-batch's summed cross-entropy is scaled by grad_group_size / global_label_count:
-gradient averaging over the dp × sp group then yields the gradient of the mean loss over
-every label token of the global step, however tokens are split over ranks and micro-batches.
+The loss is the mean over every label token of the global step (all ranks, all micro-batches):
+the global label count is all-reduced before the backward passes and the engine scales each
+micro-batch's summed cross-entropy by it (parallel/engine.py), so the result does not depend
+on how tokens are split across ranks or micro-batches.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+import time
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from data.batch import IGNORE_INDEX, Batch
-from parallel.deepspeed_engine import is_deepspeed
-
-
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, pstate) -> torch.Tensor:
-    """Summed cross-entropy; vocab-parallel when the logits are a tensor-parallel vocab shard."""
-    if getattr(pstate, "tp_group", None) is not None:
-        from parallel.tensor import vocab_parallel_cross_entropy
-
-        return vocab_parallel_cross_entropy(logits, labels, pstate.tp_group)
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+from parallel.distributed import all_reduce
+from train.build import Run
+from train.nonfinite import NonFiniteGuard
+from train.optim import lr_at
 
 
-def forward_backward(model, batches: list[Batch], pstate, global_count: int, autocast) -> torch.Tensor:
-    """Run forward+backward on every micro-batch; returns this rank's summed loss (float64, detached)."""
-    scale = pstate.grad_group_size / max(1, global_count)
-    if getattr(pstate, "pipeline", None) is not None:
-        with autocast:
-            loss_sum = pstate.pipeline.forward_backward(batches, scale)
+@dataclass
+class StepOutput:
+    loss: float                 # mean loss over the global step's label tokens
+    lr: float
+    grad_norm: float            # before clipping
+    seconds: float
+    tokens: int                 # tokens this rank loaded (before the sequence-parallel slice)
+    seq_len: int                # row length of this step (curricula vary it)
+    rows: int
+    stop_now: bool              # some rank asked to stop (signal or time limit): save and exit
+    nonfinite_skipped: int = 0  # steps dropped so far for a non-finite loss/grad norm (train.on_nonfinite=skip)
+
+
+def label_count(run: Run, batches) -> int:
+    """Label tokens of the whole step, over every rank (each (dp, sp) coordinate counted once)."""
+    counts = float(run.engine.is_loss_rank) * sum(b.num_label_tokens() for b in batches)
+    return int(all_reduce(torch.tensor([counts], dtype=torch.float64)).item())
+
+
+def train_step(run: Run, step: int, nonfinite: NonFiniteGuard | None = None) -> StepOutput:
+    """Step `step` (0-based) -> its output; one all-reduce carries the loss and every rank's stop vote
+    (one count per reason, so every rank records the same reason). With `nonfinite`, a NaN/inf loss
+    or grad norm on any rank is caught before the update (train/nonfinite.py)."""
+    t0 = time.perf_counter()
+    cfg, engine, pstate = run.cfg, run.engine, run.pstate
+    lr = lr_at(step, cfg.train.steps, cfg.optim)
+    engine.set_lr(lr)
+    full = [run.loader.next_batch() for _ in range(cfg.train.grad_accum)]
+    batches = [b.seq_slice(pstate.sp_rank, pstate.dims.sp).to(run.device) for b in full]
+    global_count = label_count(run, batches)
+    loss_sum = engine.forward_backward(batches, global_count, run.length_gen)
+    grad_norm = engine.clip(cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+    if nonfinite is not None and nonfinite.skip_step(step + 1, loss_sum, grad_norm):
+        engine.optimizer.zero_grad(set_to_none=True)     # the step is dropped: no update
     else:
-        loss_sum = _micro_batches(model, batches, pstate, scale, autocast)
-    if getattr(pstate, "grad_sync", None) is not None:
-        pstate.grad_sync()
-    return loss_sum
-
-
-def _micro_batches(model, batches: list[Batch], pstate, scale: float, autocast) -> torch.Tensor:
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    backward = model.backward if is_deepspeed(model) else None   # DeepSpeed's engine owns the backward
-    for i, b in enumerate(batches):
-        last = i == len(batches) - 1
-        sync = model.no_sync() if (not last and hasattr(model, "no_sync")) else nullcontext()
-        with sync:
-            length_gen = getattr(pstate, "length_gen", None)   # [lengthgen] state init (train/length_gen.py)
-            with autocast:
-                if length_gen is None:
-                    logits = model(b.tokens, b.positions, b.doc_ids, sp=pstate.sp_hooks)
-                else:
-                    out = model(b.tokens, b.positions, b.doc_ids, sp=pstate.sp_hooks, **length_gen.forward_kwargs(b))
-                    logits = length_gen.after_forward(out, b)
-            ce = token_loss_sum(logits, b.labels, pstate)
-            if backward is not None:
-                backward(ce * scale)
-                model.step()                             # a no-op except at the accumulation boundary
-            else:
-                (ce * scale).backward()
-        loss_sum += ce.detach().double().cpu()
-    return loss_sum
+        engine.step()
+    stats = all_reduce(torch.cat([(loss_sum * float(engine.is_loss_rank)).reshape(1), run.stop.votes()]))
+    dt = time.perf_counter() - t0
+    run.stop.observe_step(dt)
+    return StepOutput(loss=stats[0].item() / max(1, global_count), lr=lr, grad_norm=float(grad_norm), seconds=dt,
+                      tokens=sum(b.tokens.numel() for b in full), seq_len=full[0].shape[1],
+                      rows=full[0].shape[0], stop_now=run.stop.agree(stats[1:]),
+                      nonfinite_skipped=nonfinite.skipped if nonfinite is not None else 0)

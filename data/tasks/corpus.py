@@ -138,6 +138,12 @@ class SizedLoader:
     def seq_len(self) -> int:
         return self.packer.seq_len
 
+    @property
+    def vocab_size(self) -> int:          # data/protocol.py's Loader
+        return self.tokenizer.vocab_size
+
+    skipped_documents = None              # generated text: nothing to skip
+
     def next_batch(self) -> Batch:
         if self.length_at is not None:
             self.packer.seq_len = self.length_at(self.steps + 1)

@@ -11,7 +11,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.attention.triton_kernels import _doc_block, _dot, _mask_scores, _query_block_keys, _split_ranges
+from kernels.attention.triton_common import (
+    _doc_block,
+    _doc_overlap,
+    _dot,
+    _mask_scores,
+    _query_block_keys,
+    _query_program,
+    _split_ranges,
+)
 
 
 @triton.jit
@@ -21,12 +29,7 @@ def _dq_range(dq, q, do, lse2, delta, K, V, KDOC, start, end, rows, offs_n, offs
               HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, DOT_PREC: tl.constexpr):
     for start_n in range(start, end, BLOCK_N):
         cols = start_n + offs_n
-        kdoc = qdoc_min
-        go = True
-        if HAS_DOC:
-            kdoc = tl.load(KDOC + cols, mask=cols < TK, other=-1)
-            kd_valid = tl.where(cols < TK, kdoc, qdoc_min)
-            go = (tl.max(kd_valid, 0) >= qdoc_min) & (tl.min(kd_valid, 0) <= qdoc_max)
+        kdoc, go = _doc_overlap(KDOC, cols, TK, -1, qdoc_min, qdoc_max, HAS_DOC)
         if go:
             if MASKED:
                 k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :], mask=cols[:, None] < TK, other=0.0)
@@ -53,14 +56,7 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QDOC, KDOC,
                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr,
                        DOT_PREC: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    hk = h // REP
-    rows = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
+    start_m, bh, b, h, hk, rows, offs_n, offs_d = _query_program(H, REP, BLOCK_M, BLOCK_N, HEAD_DIM)
     rmask = rows[:, None] < TQ
     q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qt + offs_d[None, :], mask=rmask, other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dot + offs_d[None, :],
@@ -96,12 +92,7 @@ def _dkdv_range(dk, dv, k, v, Q, DO, LSE, DELTA, QDOC, start, end, cols, offs_m,
                 HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, DOT_PREC: tl.constexpr):
     for start_m in range(start, end, BLOCK_M):
         rows = start_m + offs_m
-        qdoc = kdoc_min
-        go = True
-        if HAS_DOC:
-            qdoc = tl.load(QDOC + rows, mask=rows < TQ, other=-2)
-            qd_valid = tl.where(rows < TQ, qdoc, kdoc_min)
-            go = (tl.max(qd_valid, 0) >= kdoc_min) & (tl.min(qd_valid, 0) <= kdoc_max)
+        qdoc, go = _doc_overlap(QDOC, rows, TQ, -2, kdoc_min, kdoc_max, HAS_DOC)
         if go:
             rmask = rows < TQ
             if MASKED:

@@ -53,6 +53,11 @@ def from_mamba_ssm(hf: dict) -> dict:
             "hidden_act": "silu"}
 
 
+def json_float(v) -> float:
+    """A float from config.json; transformers 5 writes infinity as {"__float__": "Infinity"}."""
+    return float(v["__float__"]) if isinstance(v, dict) and "__float__" in v else float(v)
+
+
 def config_from_hf(hf: dict) -> ModelConfig:
     if hf.get("model_type") == "mamba_ssm" or "ssm_cfg" in hf:
         hf = from_mamba_ssm(hf)
@@ -68,7 +73,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     headdim = int(hf.get("head_dim", 64))
     if int(hf.get("num_heads", expand * d // headdim)) * headdim != expand * d:
         raise InteropError("config.json num_heads * head_dim must equal expand * hidden_size")
-    lo, hi = hf.get("time_step_limit") or (0.0, math.inf)
+    lo, hi = (json_float(v) for v in (hf.get("time_step_limit") or (0.0, math.inf)))
     cfg = ModelConfig(
         pattern=f"(M)x{int(need(hf, 'num_hidden_layers'))}", vocab_size=int(need(hf, "vocab_size")), d_model=d,
         d_state=int(hf.get("state_size", 128)), ssm_headdim=headdim, ssm_ngroups=int(hf.get("n_groups", 1)),

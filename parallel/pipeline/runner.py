@@ -4,17 +4,19 @@ Uses torch.distributed.pipelining: PipelineStage per StageChunk, and ScheduleGPi
 Schedule1F1B or ScheduleInterleaved1F1B (two chunks per rank, looped placement: chunk c
 lives on pp rank c % pp). The loss is computed on the last stage as the summed
 cross-entropy (vocab-parallel under tp) times the step's scale, with `scale_grads=False`,
-so gradients match train/step.py's non-pipelined path exactly.
+so gradients match the non-pipelined engine (parallel/engine.py) exactly.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
-from data.batch import IGNORE_INDEX
+from models.flops import head_flops
+from parallel.layout import ParallelState
+from parallel.loss import token_loss_sum
+from parallel.options import EngineOptions
 from parallel.pipeline.split import balanced_split, layer_costs
 from parallel.pipeline.stage import PipelineModel, StageChunk
 
@@ -22,11 +24,10 @@ SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 
 
 def chunk_ranges(model: nn.Module, n_chunks: int, seq_len: int) -> list[tuple[int, int]]:
-    head = 6.0 * model.cfg.d_model * model.cfg.vocab_size
-    return balanced_split(layer_costs(model, seq_len), n_chunks, tail_cost=head)
+    return balanced_split(layer_costs(model, seq_len), n_chunks, tail_cost=head_flops(model.cfg))
 
 
-def tie_group(pstate):
+def tie_group(pstate: ParallelState):
     """Group {first stage, last stage} of this rank's (dp, sp, tp) coordinate (tied embeddings)."""
     mesh = pstate.mesh.mesh                          # rank ids, shape (pp, dp, sp, tp)
     pp = mesh.shape[0]
@@ -53,18 +54,18 @@ class IndexedStage(PipelineStage):
 class PipelineRunner:
     """Owns the stages and schedule; `forward_backward` replaces the plain micro-batch loop."""
 
-    def __init__(self, full: nn.Module, pstate, cfg, device: torch.device):
+    def __init__(self, full: nn.Module, pstate: ParallelState, opts: EngineOptions, device: torch.device):
         pp, rank = pstate.dims.pp, pstate.pp_rank
-        schedule = cfg.parallel.pp_schedule
+        schedule = opts.pp_schedule
         virtual = 2 if schedule == "interleaved_1f1b" else 1
         n_chunks = pp * virtual
-        ranges = chunk_ranges(full, n_chunks, cfg.data.seq_len)
+        ranges = chunk_ranges(full, n_chunks, opts.seq_len)
         mine = [c for c in range(n_chunks) if c % pp == rank]
         layer_ids = [i for c in mine for i in range(*ranges[c])]
         self.model = PipelineModel(full, layer_ids, first=rank == 0, last=rank == pp - 1)
         self.chunks = [StageChunk(self.model, *ranges[c], first=c == 0, last=c == n_chunks - 1) for c in mine]
         self.pstate, self.device, self.schedule_name = pstate, device, schedule
-        self.n_micro = cfg.parallel.pp_microbatches
+        self.n_micro = opts.pp_microbatches
         self.scale = 1.0
         self.ce_sums: list[torch.Tensor] = []
         self.stage_ids, self.n_chunks, self.ranges = mine, n_chunks, ranges
@@ -85,15 +86,14 @@ class PipelineRunner:
             self.schedule = ScheduleGPipe(stages[0], **kwargs)
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.pstate.tp_group is not None:
-            from parallel.tensor import vocab_parallel_cross_entropy
-
-            ce = vocab_parallel_cross_entropy(logits, labels, self.pstate.tp_group)
-        else:
-            ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                                 ignore_index=IGNORE_INDEX, reduction="sum")
+        ce = token_loss_sum(logits, labels, self.pstate.tp_group)
         self.ce_sums.append(ce.detach().double().cpu())
         return ce * self.scale
+
+    def fsdp_root_units(self) -> list[nn.Module]:
+        """FSDP2 units besides the blocks: stages call the embedding and output head directly."""
+        m = self.model
+        return ([m.embed] if m.has_first else []) + ([m.output_head] if m.has_last else [])
 
     def tied_params(self) -> list[nn.Parameter]:
         return [self.model.embed.weight] if self.tie is not None else []

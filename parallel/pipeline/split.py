@@ -9,23 +9,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.flops import linear_params, mean_visible_keys
+from models.flops import layer_flops
 
 
 def layer_costs(model: nn.Module, seq_len: int) -> list[float]:
-    from models.attention import Attention
-
-    costs = []
-    for block in model.layers:
-        mixer = block.mixer
-        fwd = 2.0 * linear_params(mixer)
-        if isinstance(mixer, Attention):
-            heads = mixer.wq.out_features // mixer.head_dim
-            fwd += 4.0 * heads * mixer.head_dim * mean_visible_keys(seq_len, mixer.window)
-        elif hasattr(mixer, "flops_per_token"):
-            fwd += float(mixer.flops_per_token(seq_len))
-        costs.append(3.0 * fwd)
-    return costs
+    return [layer_flops(block, seq_len) for block in model.layers]
 
 
 def balanced_split(costs: list[float], n: int, tail_cost: float = 0.0) -> list[tuple[int, int]]:

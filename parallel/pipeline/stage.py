@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from models.context import MixerContext
+from models.lm import no_weight_decay_names
 
 
 class LayerDict(nn.ModuleDict):
@@ -62,8 +63,7 @@ class PipelineModel(nn.Module):
         return self._output[0]
 
     def no_weight_decay_names(self) -> set[str]:
-        return {n for n, p in self.named_parameters()
-                if p.ndim < 2 or n.rsplit(".", 1)[-1] in ("A_log", "D", "dt_bias")}
+        return no_weight_decay_names(self)
 
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.lm_head is None else self.lm_head.weight

@@ -53,34 +53,44 @@ class DistAttnRun:
                     q_offset=c.offset(a), k_offset=c.offset(b), scale=self.scale)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, q, k, v):
+    def post_inputs(self, d: int, kv: torch.Tensor, query_side: dict[str, torch.Tensor]):
+        """Post round d's input exchange: our K/V to the rank that owns the block, our query-side
+        tensors to the rank that helps us; receive the K/V of the block we own and the query side
+        of the rank we help (blocks the chunk layout skips are never sent)."""
         P, r = self.g.world, self.g.rank
+        p = round_plan(P, d, r)
+        sends, recvs = [], []
+        if p.send_kv_to is not None and self._blk(p.send_kv_to, r):
+            sends.append((p.send_kv_to, kv))
+        if p.send_q_to is not None and self._blk(r, p.send_q_to):
+            sends += [(p.send_q_to, t) for t in query_side.values()]
+        if p.own_from is not None and self._blk(r, p.own_from):
+            recvs.append((p.own_from, "kv", torch.empty_like(kv)))
+        if p.help_for is not None and self._blk(p.help_for, r):
+            recvs += [(p.help_for, name, torch.empty_like(t)) for name, t in query_side.items()]
+        return self.g.exchange(sends, recvs)
+
+    def rounds(self, pending, kv: torch.Tensor, query_side: dict[str, torch.Tensor]):
+        """Yield (round plan, received inputs) for every off-diagonal round; round d+1's exchange
+        is posted before round d's compute, so communication overlaps compute."""
+        P, n = self.g.world, n_offdiag_rounds(self.g.world)
+        for d in range(1, n + 1):
+            got = pending.wait()
+            pending = self.post_inputs(d + 1, kv, query_side) if d < n else None
+            yield round_plan(P, d, self.g.rank), got
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, q, k, v):
+        r = self.g.rank
         kv = torch.stack([k, v])                                     # one message, Hkv heads
+        query_side = {"q": q}
         bytes0 = self.g.bytes_sent
-        rounds = n_offdiag_rounds(P)
-
-        def post_inputs(d: int):
-            p = round_plan(P, d, r)
-            sends, recvs = [], []
-            if p.send_kv_to is not None and self._blk(p.send_kv_to, r):
-                sends.append((p.send_kv_to, kv))
-            if p.send_q_to is not None and self._blk(r, p.send_q_to):
-                sends.append((p.send_q_to, q))
-            if p.own_from is not None and self._blk(r, p.own_from):
-                recvs.append((p.own_from, "kv", torch.empty_like(kv)))
-            if p.help_for is not None and self._blk(p.help_for, r):
-                recvs.append((p.help_for, "q", torch.empty_like(q)))
-            return self.g.exchange(sends, recvs)
-
-        pending = post_inputs(1) if rounds else None
+        pending = self.post_inputs(1, kv, query_side) if n_offdiag_rounds(self.g.world) else None
         o, lse = block_forward(q, k, v, **self._kw(r, r))
         self.record.fwd_blocks, self.record.fwd_rounds = 1, 1
         results = []
         acc = acc_dtype(q.dtype)
-        for d in range(1, rounds + 1):
-            got = pending.wait()
-            pending = post_inputs(d + 1) if d < rounds else None
-            p = round_plan(P, d, r)
+        for p, got in self.rounds(pending, kv, query_side):
             sends, recvs = [], []
             did = False
             if "kv" in got:
@@ -118,35 +128,16 @@ class DistAttnRun:
 
     # ---------------------------------------------------------------- backward
     def backward(self, q, k, v, o, lse, do):
-        P, r = self.g.world, self.g.rank
+        r = self.g.rank
         acc = acc_dtype(q.dtype)
         bytes0 = self.g.bytes_sent
         delta = row_delta(o, do)
         kv = torch.stack([k, v])
-        qdo = torch.stack([q, do.to(q.dtype)])
-        stats = torch.stack([lse.to(acc), delta])
-        rounds = n_offdiag_rounds(P)
-
-        def post_inputs(d: int):
-            p = round_plan(P, d, r)
-            sends, recvs = [], []
-            if p.send_kv_to is not None and self._blk(p.send_kv_to, r):
-                sends.append((p.send_kv_to, kv))
-            if p.send_q_to is not None and self._blk(r, p.send_q_to):
-                sends += [(p.send_q_to, qdo), (p.send_q_to, stats)]
-            if p.own_from is not None and self._blk(r, p.own_from):
-                recvs.append((p.own_from, "kv", torch.empty_like(kv)))
-            if p.help_for is not None and self._blk(p.help_for, r):
-                recvs += [(p.help_for, "qdo", torch.empty_like(qdo)), (p.help_for, "stats", torch.empty_like(stats))]
-            return self.g.exchange(sends, recvs)
-
-        pending = post_inputs(1) if rounds else None
+        query_side = {"qdo": torch.stack([q, do.to(q.dtype)]), "stats": torch.stack([lse.to(acc), delta])}
+        pending = self.post_inputs(1, kv, query_side) if n_offdiag_rounds(self.g.world) else None
         dq, dk, dv = block_backward(q, k, v, do, lse, delta, **self._kw(r, r))
         results = []
-        for d in range(1, rounds + 1):
-            got = pending.wait()
-            pending = post_inputs(d + 1) if d < rounds else None
-            p = round_plan(P, d, r)
+        for p, got in self.rounds(pending, kv, query_side):
             sends, recvs = [], []
             if "kv" in got:
                 dq_b, dk_b, dv_b = block_backward(q, got["kv"][0], got["kv"][1], do, lse, delta,

@@ -15,7 +15,8 @@ Where a DTensor plan does not express the math, explicit autograd collectives
   final norm's output is wrapped in copy_to_tp so its gradient is summed over tp, and the
   loss is the vocab-parallel cross-entropy (no [N, V] gather).
 Mixers read head counts from their weight shapes, so the model code runs unchanged on shards.
-Mamba-2 and Griffin plans live in parallel/tensor/recurrent.py.
+Which plan a mixer gets is its MixerSpec's tp_plan; Mamba-2 and Griffin plans live in
+parallel/tensor/recurrent.py.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def keep_replicated_heads(linear: nn.Linear, head_dim: int, head: int, group) ->
     local_views(linear, views)
 
 
-def _shard_attention(mixer: nn.Module, tp_mesh) -> None:
+def shard_attention(mixer: nn.Module, tp_mesh) -> None:
+    """Attention (`*`, `W`): q/k/v column-parallel by heads (kv replicated when fewer than tp), wo row-parallel."""
     tp = tp_mesh.size()
     group, rank = tp_mesh.get_group(), tp_mesh.get_local_rank()
     plan = {"wq": ColwiseParallel(), "wo": RowwiseParallel()}
@@ -56,24 +58,23 @@ def _shard_attention(mixer: nn.Module, tp_mesh) -> None:
     parallelize_module(mixer, tp_mesh, plan)
 
 
-def _shard_mlp(mixer: nn.Module, tp_mesh) -> None:
-    parallelize_module(mixer, tp_mesh, {"w_gate": ColwiseParallel(), "w_up": ColwiseParallel(),
-                                         "w_down": RowwiseParallel()})
-
-
 def shard_block(block: nn.Module, tp_mesh) -> None:
-    from models.attention import Attention
-    from models.mlp import GatedMLP
+    """Shard one block's mixer as its MixerSpec's tp_plan says (models/mixer_spec.py): a
+    TensorParallelPlan (data: column/row-parallel submodule names) or a "module:function" here."""
+    import importlib
 
-    mixer = block.mixer
-    if isinstance(mixer, Attention):
-        _shard_attention(mixer, tp_mesh)
-    elif isinstance(mixer, GatedMLP):
-        _shard_mlp(mixer, tp_mesh)
-    else:
-        from parallel.tensor.recurrent import shard_recurrent
+    from models.mixer_spec import mixer_spec
 
-        shard_recurrent(mixer, tp_mesh)
+    plan = mixer_spec(block.symbol).tp_plan
+    if plan is None:
+        raise NotImplementedError(f"tensor parallelism has no plan for {type(block.mixer).__name__}; set parallel.tp=1")
+    if isinstance(plan, str):
+        module, function = plan.split(":")
+        getattr(importlib.import_module(module), function)(block.mixer, tp_mesh)
+        return
+    layout = {name: ColwiseParallel() for name in plan.colwise}
+    layout.update({name: RowwiseParallel() for name in plan.rowwise})
+    parallelize_module(block.mixer, tp_mesh, layout)
 
 
 def _shard_head(model: nn.Module, tp_mesh) -> None:

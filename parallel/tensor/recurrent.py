@@ -98,15 +98,3 @@ def shard_griffin(g: nn.Module, tp_mesh) -> None:
         local_views(gate, shard_dim0(gate, ["weight", "bias"], tp_mesh))
         gate.blocks //= tp
     g.width //= tp
-
-
-def shard_recurrent(mixer: nn.Module, tp_mesh) -> None:
-    from models.griffin import GriffinRecurrent
-    from models.mamba2 import Mamba2
-
-    if isinstance(mixer, Mamba2):
-        shard_mamba2(mixer, tp_mesh)
-    elif isinstance(mixer, GriffinRecurrent):
-        shard_griffin(mixer, tp_mesh)
-    else:
-        raise NotImplementedError(f"tensor parallelism has no plan for {type(mixer).__name__}; set parallel.tp=1")
