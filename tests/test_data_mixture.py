@@ -216,3 +216,17 @@ def test_a_dp2_checkpoint_resumes_on_one_process_with_the_same_global_batches(po
     one = _mixture_run(0, 1, path, str(tmp_path / "one"), "--train.steps=4", "--checkpoint.every=2",
                        "--checkpoint.resume=auto", "--data.batch_size=4", "--data.num_workers=2")
     assert len(one) == 2 and max(abs(a - b) for a, b in zip(two[0][2:], one)) < 1e-5   # dp=2·2 rows = 1·4 rows
+
+
+def test_sources_with_different_tokenizers_are_refused(corpora, tmp_path):
+    pytest.importorskip("megatron.core.datasets.indexed_dataset")
+    import json
+
+    from data.prepare import main as prepare_main
+
+    assert prepare_main(["--synthetic", "5", "--output", str(tmp_path / "m"), "--format", "megatron", "--quiet"]) == 0
+    meta = json.loads((tmp_path / "m" / "text_document.json").read_text())
+    (tmp_path / "m" / "text_document.json").write_text(json.dumps({**meta, "tokenizer": "hf:other"}))
+    srcs = [SourceConfig(path=str(corpora / "short")), SourceConfig(path=str(tmp_path / "m"), format="megatron")]
+    with pytest.raises(DataError, match="different tokenizers: short has byte, m has hf:other"):
+        MixtureLoader(srcs, 16, 2)

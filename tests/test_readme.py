@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ("--model.d_model=32 --model.n_heads=2 --model.n_kv_heads=1 --data.seq_len=32 --data.batch_size=2 "
-        "--data.max_doc_chars=800 --eval.passkey_lengths=64 --train.log_every=50")
+# rows of 144 tokens: evaluation's default prompt lengths (1x, 2x, 4x the training length) must hold a passkey prompt
+TINY = ("--model.d_model=32 --model.n_heads=2 --model.n_kv_heads=1 --data.seq_len=144 --data.batch_size=1 "
+        "--data.max_doc_chars=800 --eval.passkey_lengths=144 --train.log_every=50")
 
 # (pattern matched against the command, why it is not run here)
 SKIP = [

@@ -81,7 +81,8 @@ def build_data(cfg: Config, engine: Engine, pstate: ParallelState) -> tuple[Load
     else:
         loader = build_loader(cfg.data, pstate.dp_rank, pstate.dims.dp)
     if loader.vocab_size > cfg.model.vocab_size:
-        raise DataError(f"the shards' tokenizer has {loader.vocab_size} ids but model.vocab_size is "
+        raise DataError(f"the data (data.source={cfg.data.source}, {cfg.data.path or 'data.sources'}) has "
+                        f"{loader.vocab_size} token ids but model.vocab_size is "
                         f"{cfg.model.vocab_size}; set model.vocab_size >= {loader.vocab_size}")
     return loader, length_gen
 
