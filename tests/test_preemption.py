@@ -154,7 +154,7 @@ def test_exit_record_is_written_when_the_run_crashes(tmp_path):
     (tmp_path / "exit.json").write_text(json.dumps({"exit_code": 0, "step": 9, "reason": "finished"}))
     crash = ("import sys, train.loop as l\n"
              "def boom(*a, **k): raise RuntimeError('disk controller on fire')\n"
-             "l.forward_backward = boom\n"
+             "l.train_step = boom\n"
              "from train.__main__ import main\nsys.exit(main(sys.argv[1:]))")
     r = subprocess.run([sys.executable, "-c", crash, "--config", "configs/tiny.toml", *QUICK,
                         f"--train.run_dir={tmp_path}", "--train.steps=3"], capture_output=True, text=True,
