@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.manifest import Manifest, ManifestError, check_files, read_lengths, read_manifest
+from data.manifest import Manifest, ManifestError, check_files, read_checksums, read_lengths, read_manifest
 from data.shards import read_shard
 
 
@@ -32,14 +32,14 @@ class ShardCorpus:
         self.cache_shards = cache_shards
         self.written_lengths = read_lengths(self.directory, self.manifest)   # per shard, as written
         self.lengths = [x.copy() for x in self.written_lengths]              # the layout's (0 = excluded)
+        self.checksums = read_checksums(self.directory, self.manifest)       # per shard, or None (version 1)
         self.first_doc = np.concatenate([[0], np.cumsum([len(x) for x in self.lengths])]).astype(np.int64)
         self.problems: list[tuple[str, int]] = []    # (message, documents lost), in order met
         self._cache: OrderedDict[int, list[np.ndarray | None]] = OrderedDict()
         names = [s.name for s in self.manifest.shards]
         for name in check_files(self.directory, self.manifest):
             s = names.index(name)
-            docs, problems = read_shard(self.directory / name, self.written_lengths[s], int(self.first_doc[s]),
-                                        skip_corrupt)
+            docs, problems = self._read(s, skip_corrupt)
             if not problems:
                 raise ManifestError(f"shard {name} is {(self.directory / name).stat().st_size} bytes but the "
                                     f"manifest says {self.manifest.shards[s].bytes}; re-run data.prepare")
@@ -64,15 +64,19 @@ class ShardCorpus:
         if s in self._cache:
             self._cache.move_to_end(s)
             return self._cache[s]
-        name = self.manifest.shards[s].name
-        docs, problems = read_shard(self.directory / name, self.written_lengths[s], int(self.first_doc[s]),
-                                    self.skip_corrupt)
+        docs, problems = self._read(s, self.skip_corrupt)
         for p in problems:
             self.report(p)
         self._cache[s] = docs
         while len(self._cache) > self.cache_shards:
             self._cache.popitem(last=False)
         return docs
+
+    def _read(self, s: int, skip_corrupt: bool):
+        """Read shard s, verifying lengths, checksums and ids < vocab_size."""
+        return read_shard(self.directory / self.manifest.shards[s].name, self.written_lengths[s],
+                          int(self.first_doc[s]), skip_corrupt,
+                          None if self.checksums is None else self.checksums[s], self.manifest.vocab_size)
 
     def doc(self, s: int, i: int) -> np.ndarray | None:
         """Document i of shard s, or None when it is corrupt and skip_corrupt is on."""

@@ -1,11 +1,15 @@
 """manifest.json: what a shard directory holds, checked before a run starts.
 
-    {"format": "longweave-shards", "version": 1, "tokenizer": "byte", "vocab_size": 259, "eos": 257,
-     "dtype": "uint16", "documents": N, "tokens": M, "lengths": "lengths.npy",
+    {"format": "longweave-shards", "version": 2, "tokenizer": "byte", "vocab_size": 259, "eos": 257,
+     "dtype": "uint16", "documents": N, "tokens": M, "lengths": "lengths.npy", "checksums": "checksums.npy",
      "shards": [{"name": "shard-000000.tar", "documents": n, "tokens": t, "bytes": b}, ...],
      "skipped": {...}, "created": {...}}
 
-`lengths.npy` holds every document's token count in shard order. The loader lays out its
+`lengths.npy` holds every document's token count in shard order; `checksums.npy` (version 2)
+the CRC-32 of every sample's stored bytes, in the same order, which the reader verifies as it
+reads. A version-1 manifest (no checksums) is still read, with a one-line warning that byte
+damage in token data cannot be detected until data.prepare is re-run. The top-level document
+and token totals must equal the per-shard sums. The loader lays out its
 whole token stream from it without reading a shard, which is what makes its order a pure
 function of (seed, epoch, position). `validate` compares the manifest with the files on disk
 (presence, byte sizes, per-shard counts vs lengths.npy) so a mismatch stops the run at start,
@@ -14,6 +18,7 @@ not hours into it.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from data.errors import DataError
 FORMAT = "longweave-shards"
 MANIFEST = "manifest.json"
 LENGTHS = "lengths.npy"
+CHECKSUMS = "checksums.npy"
 
 
 class ManifestError(DataError):
@@ -48,6 +54,7 @@ class Manifest:
     skipped: dict = field(default_factory=dict)
     created: dict = field(default_factory=dict)
     lengths_file: str = LENGTHS
+    checksums_file: str = ""          # "" = written before checksums existed (version 1)
 
     @property
     def documents(self) -> int:
@@ -58,9 +65,10 @@ class Manifest:
         return sum(s.tokens for s in self.shards)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "version": 1, "tokenizer": self.tokenizer, "vocab_size": self.vocab_size,
-                "eos": self.eos, "dtype": self.dtype, "documents": self.documents, "tokens": self.tokens,
-                "lengths": self.lengths_file, "shards": [vars(s) for s in self.shards],
+        extra = {"checksums": self.checksums_file} if self.checksums_file else {}
+        return {"format": FORMAT, "version": 2 if self.checksums_file else 1, "tokenizer": self.tokenizer,
+                "vocab_size": self.vocab_size, "eos": self.eos, "dtype": self.dtype, "documents": self.documents,
+                "tokens": self.tokens, "lengths": self.lengths_file, **extra, "shards": [vars(s) for s in self.shards],
                 "skipped": self.skipped, "created": self.created}
 
     def write(self, directory: str | Path) -> None:
@@ -81,10 +89,17 @@ def read_manifest(directory: str | Path) -> Manifest:
             raise ManifestError(f"{path} is not a longweave shard manifest (format={raw.get('format')!r})")
         shards = [ShardInfo(s["name"], int(s["documents"]), int(s["tokens"]), int(s["bytes"]))
                   for s in raw["shards"]]
-        return Manifest(raw["tokenizer"], int(raw["vocab_size"]), int(raw["eos"]), raw["dtype"], shards,
-                        raw.get("skipped", {}), raw.get("created", {}), raw.get("lengths", LENGTHS))
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        m = Manifest(raw["tokenizer"], int(raw["vocab_size"]), int(raw["eos"]), raw["dtype"], shards,
+                     raw.get("skipped", {}), raw.get("created", {}), raw.get("lengths", LENGTHS),
+                     raw.get("checksums", ""))
+        totals = {"documents": int(raw["documents"]), "tokens": int(raw["tokens"])}
+    except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path} is malformed ({type(e).__name__}: {e}); re-run data.prepare") from None
+    for key, total in totals.items():
+        if total != getattr(m, key):
+            raise ManifestError(f"{path} says {total} {key} in total but its shards add up to {getattr(m, key)}; "
+                                "the manifest was edited or damaged, re-run data.prepare")
+    return m
 
 
 def read_lengths(directory: str | Path, manifest: Manifest) -> list[np.ndarray]:
@@ -105,6 +120,29 @@ def read_lengths(directory: str | Path, manifest: Manifest) -> list[np.ndarray]:
                                 f"{s.tokens}; re-run data.prepare")
         out.append(part)
     return out
+
+
+def read_checksums(directory: str | Path, manifest: Manifest) -> list[np.ndarray] | None:
+    """Per-shard arrays of per-sample CRC-32s, or None for a version-1 manifest (warned once)."""
+    if not manifest.checksums_file:
+        if str(directory) not in _warned_unchecked:
+            _warned_unchecked.add(str(directory))
+            print(f"warning: {Path(directory) / MANIFEST} has no per-sample checksums (an older data.prepare); "
+                  "damaged token bytes cannot be detected, re-run data.prepare to add them", file=sys.stderr)
+        return None
+    path = Path(directory) / manifest.checksums_file
+    try:
+        flat = np.load(path)
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"{path} (sample checksums) cannot be read ({e}); re-run data.prepare") from None
+    if flat.shape != (manifest.documents,):
+        raise ManifestError(f"{path} holds {flat.size} checksums but the manifest lists {manifest.documents} "
+                            "documents; re-run data.prepare")
+    bounds = np.cumsum([0] + [s.documents for s in manifest.shards])
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+_warned_unchecked: set[str] = set()
 
 
 def check_files(directory: str | Path, manifest: Manifest) -> list[str]:

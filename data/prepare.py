@@ -29,10 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from data.errors import DataError
-from data.manifest import LENGTHS, MANIFEST, Manifest
+from data.manifest import CHECKSUMS, LENGTHS, MANIFEST, Manifest
 from data.shards import ShardWriter, token_dtype
 from data.synthetic import synthetic_document
 from data.tokenizer import TokenizerError, get_tokenizer
+
+
+class PrepareError(DataError):
+    """A user error in data.prepare's arguments or output directory (one line, exit 2)."""
+
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 TASK_DOCS = 64          # documents per task sent to a tokenizer worker
@@ -187,9 +192,9 @@ class Progress:
 def prepare(args) -> Manifest | np.ndarray:
     out = Path(args.output)
     if (out / MANIFEST).exists() and not args.overwrite:
-        raise SystemExit(f"error: {out / MANIFEST} exists; pass --overwrite or choose another --output")
+        raise PrepareError(f"{out / MANIFEST} exists; pass --overwrite or choose another --output")
     if not args.synthetic and not args.input and not args.input_hf:
-        raise SystemExit("error: give --input PATH..., --input-hf PATH or --synthetic N")
+        raise PrepareError("give --input PATH..., --input-hf PATH or --synthetic N")
     tokenizer = get_tokenizer(args.tokenizer)
     if args.format == "megatron":
         return prepare_megatron(args, tokenizer)
@@ -212,13 +217,14 @@ def prepare(args) -> Manifest | np.ndarray:
     shards, lengths = writer.close()
     progress.update(0, 0, len(shards), final=True)
     np.save(out / LENGTHS, lengths)
+    np.save(out / CHECKSUMS, np.asarray(writer.checksums, dtype=np.uint32))
     seconds = time.perf_counter() - t0
     manifest = Manifest(
         tokenizer.name, int(tokenizer.vocab_size), int(tokenizer.eos), dtype, shards, skipped.to_json(),
         {"args": sys.argv[1:] if args.argv is None else args.argv, "time": datetime.now(timezone.utc).isoformat(),
          "inputs": args.input or args.input_hf, "synthetic": args.synthetic, "seed": args.seed, "shard_tokens": args.shard_tokens,
          "workers": args.workers, "seconds": round(seconds, 3),
-         "tokens_per_second": round(int(lengths.sum()) / max(seconds, 1e-9), 1)})
+         "tokens_per_second": round(int(lengths.sum()) / max(seconds, 1e-9), 1)}, checksums_file=CHECKSUMS)
     manifest.write(out)
     for path, counts in skipped.files.items():
         print(f"warning: skipped {sum(counts.values())} document(s) from {path}: "
@@ -304,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args)
     except (TokenizerError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:      # an unwritable or full --output
+        where = e.filename or args.output
+        print(f"error: cannot write {where}: {e.strerror or e}; choose a writable --output with free space",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -4,25 +4,29 @@ A shard is a plain webdataset tar: one sample per document, key = the document's
 (10 digits), one member `<key>.tokens.npy` holding a 1-D uint16/uint32 array. Any webdataset
 pipeline can read it (`wds.WebDataset(url).decode()` gives sample["tokens.npy"]).
 
-Reading goes through webdataset's tar iterator and checks every sample against the lengths
-recorded at write time, so a truncated or corrupt shard is reported by shard and sample, never
-silently yields different tokens.
+Reading goes through webdataset's tar iterator and checks every sample against what was
+recorded at write time: its length, the CRC-32 of its stored bytes (zlib.crc32, a few GB/s),
+and that every token id is below the tokenizer's vocabulary. A truncated or corrupt shard is
+reported by shard and sample (CorruptShardError, a DataError: one line, exit 2), or skipped and
+counted with data.skip_corrupt; it never silently yields different tokens.
 """
 from __future__ import annotations
 
 import io
+import zlib
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
 from webdataset import tariterators
 
+from data.errors import DataError
 from data.manifest import ShardInfo
 
 MEMBER = "tokens.npy"
 
 
-class CorruptShardError(RuntimeError):
+class CorruptShardError(DataError):
     """A shard could not be read back as written (names the shard and the sample)."""
 
 
@@ -44,7 +48,8 @@ class ShardWriter:
     """Writes documents into `<dir>/<prefix>-NNNNNN.tar`, starting a new shard past `shard_tokens`.
 
     Documents never straddle shards. `close()` returns the ShardInfo list and the per-document
-    lengths in write order (what manifest.json and lengths.npy record).
+    lengths in write order (what manifest.json and lengths.npy record); `checksums` holds each
+    sample's CRC-32 in the same order (checksums.npy).
     """
 
     def __init__(self, directory: str | Path, dtype: str, shard_tokens: int, prefix: str = "shard"):
@@ -56,6 +61,7 @@ class ShardWriter:
         self.prefix = prefix
         self.shards: list[ShardInfo] = []
         self.lengths: list[int] = []
+        self.checksums: list[int] = []
         self._tar: wds.TarWriter | None = None
         self._fh = None
         self._docs = self._tokens = 0
@@ -83,7 +89,9 @@ class ShardWriter:
         if self._tar is None:
             self._open()
         key = sample_key(len(self.lengths))
-        self._tar.write({"__key__": key, MEMBER: encode_npy(tokens.astype(self.dtype))})
+        payload = encode_npy(tokens.astype(self.dtype))
+        self._tar.write({"__key__": key, MEMBER: payload})
+        self.checksums.append(zlib.crc32(payload))
         self.lengths.append(len(tokens))
         self._docs += 1
         self._tokens += len(tokens)
@@ -96,8 +104,10 @@ class ShardWriter:
 
 
 def read_shard(path: str | Path, lengths: np.ndarray, first_doc: int, skip_corrupt: bool = False,
+               checksums: np.ndarray | None = None, vocab_size: int | None = None,
                ) -> tuple[list[np.ndarray | None], list[tuple[str, int]]]:
-    """Every document of one shard, in order, checked against `lengths`.
+    """Every document of one shard, in order, checked against `lengths`, `checksums` (CRC-32 of each
+    sample's bytes; None for shards written without them) and `vocab_size` (every id below it).
 
     Returns (docs, problems): docs[i] is None where sample i was unreadable (only with
     skip_corrupt; otherwise the first problem raises CorruptShardError naming shard and sample);
@@ -125,14 +135,21 @@ def read_shard(path: str | Path, lengths: np.ndarray, first_doc: int, skip_corru
                 fname, data = item["fname"], item["data"]
                 if fname != f"{sample_key(first_doc + i)}.{MEMBER}":
                     bad(i, f"unexpected member {fname!r}")
+                elif checksums is not None and zlib.crc32(data) != int(checksums[i]):
+                    bad(i, f"checksum mismatch (CRC-32 {zlib.crc32(data):08x}, manifest {int(checksums[i]):08x})")
                 else:
                     try:
                         arr = np.load(io.BytesIO(data), allow_pickle=False)
                         if arr.ndim != 1 or len(arr) != lengths[i]:
                             raise ValueError(f"{arr.shape} tokens, lengths.npy says {int(lengths[i])}")
-                        docs[i] = arr
                     except Exception as e:  # noqa: BLE001 - any decode failure is a corrupt sample
                         bad(i, f"cannot decode tokens ({e})")
+                    else:
+                        top = int(arr.max()) if vocab_size is not None else -1
+                        if vocab_size is not None and top >= vocab_size:
+                            bad(i, f"token id {top} >= the tokenizer's vocab_size {vocab_size}")
+                        else:
+                            docs[i] = arr
                 i += 1
     except CorruptShardError:
         raise

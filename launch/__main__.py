@@ -22,6 +22,21 @@ from launch.env import LaunchError, NodeEnv, check_layout, detect, merge_explici
 from train.config import Config, ConfigError, load_config
 
 
+def check_run(cfg: Config, nnodes: int, nproc_per_node: int) -> int:
+    """The process count against the layout (launch-specific: whole nodes, tp inside a node), then the
+    trainer's own full layout validation (train/layout_check.py) with that world size."""
+    from data.errors import DataError
+    from parallel.dims import LayoutError
+    from train.layout_check import validate_run_layout
+
+    world = check_layout(cfg.parallel, nnodes, nproc_per_node)
+    try:
+        validate_run_layout(cfg, world)
+    except (LayoutError, DataError) as e:
+        raise LaunchError(f"{e} (the trainer would refuse this layout at start)") from None
+    return world
+
+
 def default_nproc(cfg: Config, node: NodeEnv) -> int:
     """GPUs on the node when training on GPUs; on CPU, what the parallel layout asks for (at least 1)."""
     if node.gpus_on_node:
@@ -48,7 +63,7 @@ def cmd_local(args, overrides: list[str]) -> int:
     if cfg.train.device == "cuda" and node.gpus_on_node is not None and nproc > node.gpus_on_node:
         raise LaunchError(f"{nproc} processes per node but SLURM gave this node {node.gpus_on_node} GPU(s); "
                           "match --nproc-per-node to --gpus-per-node")
-    check_layout(cfg.parallel, node.nnodes, nproc)
+    check_run(cfg, node.nnodes, nproc)
     cmd = torchrun_command(node, nproc, ["--config", str(args.config), *overrides])
     if args.dry_run:
         print(shlex.join(cmd))
@@ -85,7 +100,7 @@ def submit_slurm(cfg: Config, spec, dry_run: bool, origin: dict) -> int:
 
     spec.check()
     nproc = spec.processes_per_node()
-    check_layout(cfg.parallel, spec.nodes, nproc)
+    check_run(cfg, spec.nodes, nproc)
     if cfg.train.device == "cuda" and not spec.gpus_per_node:
         raise LaunchError("train.device=cuda but --gpus-per-node is 0; ask for GPUs or set train.device=cpu")
     if cfg.train.time_limit == 0:
@@ -151,7 +166,7 @@ def cmd_resume(args, overrides: list[str]) -> int:
         if not script.is_file():
             raise LaunchError(f"the last job's sbatch script {script} is gone; submit again with "
                               f"`python -m launch slurm --config {info['config']} ...`")
-        check_layout(cfg.parallel, last["nnodes"], last["nproc_per_node"])
+        check_run(cfg, last["nnodes"], last["nproc_per_node"])
         if args.dry_run:
             print(script.read_text(), end="")
             return 0

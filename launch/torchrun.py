@@ -5,8 +5,12 @@ Why a supervisor instead of exec'ing torchrun:
   on SIGUSR1 it simply dies (default action) and orphans them. Neither lets the workers
   finish their step and write a checkpoint. So torchrun is started with USR1 and TERM
   ignored (and told to handle only SIGINT: `--signals-to-handle`), and the supervisor
-  forwards USR1/TERM to the workers as SIGUSR1: they agree on a step, save, and exit with
-  the requeue code. (SLURM's own SIGTERM may reach the workers directly as well: same effect.)
+  forwards USR1/TERM to the workers as the same signal (so exit.json names the true one):
+  they agree on a step, save, and exit with the requeue code. Each worker gets the signal
+  once, as soon as it catches it (/proc SigCgt): a worker still starting ignores it, and a
+  repeat after its save could reach it while Python shuts down and kill it (torchrun's
+  "Signal 10" report). After torchrun has exited, further signals are ignored: the outcome
+  is already decided. (SLURM's own SIGTERM may reach the workers directly as well: same effect.)
 - torchrun reports any worker failure as exit 1, so the requeue code (75) is lost; the
   trainer's rank 0 writes `<run>/exit.json` and the supervisor returns 75 from it. SLURM's
   srun then exits 75 and the batch wrapper (slurm/requeue.sh) requeues the job.
@@ -65,6 +69,17 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler installed for `signum` (the SigCgt mask in /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def _ignore_preemption_signals() -> None:   # runs in the torchrun child before exec
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -81,11 +96,15 @@ def supervise(cmd: list[str], run_dir: str | Path, clear_exit_record: bool = Tru
     proc = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_preemption_signals)
 
     requested: list[int] = []
+    delivered: set[int] = set()
 
     def signal_workers() -> None:
         for pid in child_pids(proc.pid):
+            if pid in delivered or not catches(pid, requested[0]):
+                continue                  # already told, or still starting (it ignores the signal): later
             try:
-                os.kill(pid, signal.SIGUSR1)
+                os.kill(pid, requested[0])
+                delivered.add(pid)
             except ProcessLookupError:
                 pass
 
@@ -101,14 +120,15 @@ def supervise(cmd: list[str], run_dir: str | Path, clear_exit_record: bool = Tru
     try:
         while True:
             try:
-                rc = proc.wait(timeout=2.0)   # (a handler run inside a blocking wait would not end it)
+                rc = proc.wait(timeout=0.5)   # (a handler run inside a blocking wait would not end it)
                 break
             except subprocess.TimeoutExpired:
-                if requested:   # workers still starting ignore USR1 until the trainer's handler is in: repeat
+                if requested:   # workers still starting ignore the signal until the trainer's handler is in
                     signal_workers()
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            # the run is over: a late preemption signal must not kill the launcher before it reports
+            signal.signal(s, signal.SIG_IGN if requested and s != signal.SIGINT else handler)
     if rc != 0:
         record = read_exit_record(run_dir)
         fresh = record is not None and (run_dir / EXIT_RECORD).stat().st_mtime >= started - 5

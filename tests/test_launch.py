@@ -196,20 +196,27 @@ run_dir, rank = sys.argv[1], int(sys.argv[2])
 assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN     # inherited from torchrun: ignored until ready
 time.sleep(1.0)                                               # 'importing torch': a signal now is lost
 got = []
-signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+for s in (signal.SIGUSR1, signal.SIGTERM):
+    signal.signal(s, lambda s, f: got.append(s))
 t0 = time.time()
 while not got and time.time() - t0 < 30:
     time.sleep(0.05)
+time.sleep(1.5)                                               # 'saving'; a repeated signal would land here
 if got and rank == 0:
     with open(os.path.join(run_dir, "exit.json"), "w") as fh:
-        json.dump({"exit_code": 75, "step": 1, "reason": "SIGUSR1"}, fh)
+        json.dump({"exit_code": 75, "step": 1, "reason": signal.Signals(got[0]).name, "got": len(got)}, fh)
+for s in (signal.SIGUSR1, signal.SIGTERM):
+    signal.signal(s, signal.SIG_DFL)                          # like Python's own shutdown: a late signal kills
+time.sleep(1.0)
 sys.exit(75 if got else 3)
 """
 FAKE_TORCHRUN = """
 import signal, subprocess, sys
 assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
 kids = [subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], str(r)]) for r in range(2)]
-sys.exit(1 if any(k.wait() for k in kids) else 0)   # like torchrun: any worker failure is exit 1
+codes = [k.wait() for k in kids]
+print("worker exit codes", codes, flush=True)             # a worker killed by a late signal shows as -N
+sys.exit(1 if any(codes) else 0)   # like torchrun: any worker failure is exit 1
 """
 
 
@@ -222,11 +229,20 @@ def test_supervisor_forwards_early_signals_and_restores_the_requeue_code(tmp_pat
             f"{str(tmp_path)!r}))")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    time.sleep(0.5)
+    from launch.torchrun import catches
+
+    t0 = time.time()
+    while not catches(proc.pid, signum) and time.time() - t0 < 120:   # the launcher's handler is in
+        time.sleep(0.05)
     proc.send_signal(signum)
+    time.sleep(0.3)
+    proc.send_signal(signum)                                   # a second signal: still one save, still 75
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 75, out
     assert f"{signal.Signals(signum).name} received" in out and "exit 75 (requeue)" in out
+    record = json.loads((tmp_path / "exit.json").read_text())
+    assert record["reason"] == signal.Signals(signum).name and record["got"] == 1   # the true signal, once
+    assert "worker exit codes [75, 75]" in out                                      # none killed after its save
 
 
 def test_supervisor_passes_real_failures_through(tmp_path):
@@ -235,3 +251,18 @@ def test_supervisor_passes_real_failures_through(tmp_path):
     (tmp_path / "exit.json").write_text(json.dumps({"exit_code": 75, "step": 1}))    # stale: cleared at start
     assert supervise([sys.executable, "-c", "import sys; sys.exit(1)"], tmp_path, log=lambda *a, **k: None) == 1
     assert supervise([sys.executable, "-c", "pass"], tmp_path, log=lambda *a, **k: None) == 0
+
+
+def test_launcher_runs_the_trainers_layout_validation(capsys, monkeypatch, tmp_path):
+    """A layout the trainer would refuse (heads not divisible by tp, seq_len not divisible by sp) is
+    one line and exit 2 at --dry-run, before torchrun or sbatch."""
+    monkeypatch.setattr("launch.sbatch.submit", lambda path: (_ for _ in ()).throw(AssertionError("submitted")))
+    rc, out, err = run_cli(capsys, "slurm", "--gpus-per-node", "3", "--parallel.tp=3", "--dry-run",
+                           f"--train.run_dir={tmp_path}")
+    assert rc == 2 and err.strip().count("\n") == 0 and "parallel.tp=3" in err and not out, err
+    rc, out, err = run_cli(capsys, "local", "--nproc-per-node", "2", "--parallel.sp=2", "--data.seq_len=33",
+                           "--dry-run", f"--train.run_dir={tmp_path}")
+    assert rc == 2 and err.strip().count("\n") == 0 and "multiples of parallel.sp=2" in err and not out, err
+    rc, out, _ = run_cli(capsys, "local", "--nproc-per-node", "2", "--parallel.sp=2", "--data.seq_len=32",
+                         "--dry-run", f"--train.run_dir={tmp_path}")
+    assert rc == 0 and "torch.distributed.run" in out

@@ -88,8 +88,7 @@ def test_signal_on_one_rank_stops_all_and_resume_is_bitwise(pool2, tmp_path, sig
     assert sorted(f.name for f in ckpts[0].glob("rank-*.pt")) == ["rank-00000.pt", "rank-00001.pt"]
     record = read_exit_record(tmp_path / "pre")
     assert record["exit_code"] == REQUEUE_EXIT_CODE and record["step"] == 4
-    assert record["reason"] == (signal.Signals(signum).name if signal_rank == 0 else
-                                "stop requested by another rank (signal or time limit)")
+    assert record["reason"] == signal.Signals(signum).name      # rank 0 records the signal rank 1 got
     resumed = pool2.run(_run, str(tmp_path / "pre"), 8, "auto")
     assert [r[1:] for r in resumed] == [(8, 0)] * 2
     assert stopped[0][0] + resumed[0][0] == full[0][0]           # bitwise: exact float equality
@@ -116,3 +115,50 @@ def test_time_limit_saves_before_the_deadline(pool2, tmp_path):
     assert all(r[2] < limit_s for r in results), results           # save included, inside the limit
     assert list_checkpoints(tmp_path / "checkpoints")[-1].name == f"step-{results[0][0]:07d}"
     assert json.loads((tmp_path / "exit.json").read_text())["reason"] == "time limit"
+
+
+def _catches(pid: int, signum: int) -> bool:
+    from launch.torchrun import catches
+
+    return catches(pid, signum)
+
+
+def test_sigterm_while_starting_and_a_second_one_still_save_and_exit_75(tmp_path):
+    """The handler is in before torch is imported; a second SIGTERM 0.3 s later changes nothing."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "train", "--config", "configs/tiny.toml", *QUICK,
+                             f"--train.run_dir={tmp_path}", "--train.steps=50"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    while not _catches(proc.pid, signal.SIGTERM) and time.monotonic() - t0 < 120:
+        time.sleep(0.01)
+    maps = open(f"/proc/{proc.pid}/maps").read()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=900)
+    assert "libtorch" not in maps                                  # caught while still starting
+    assert proc.returncode == REQUEUE_EXIT_CODE, err
+    record = read_exit_record(tmp_path)
+    assert record["exit_code"] == REQUEUE_EXIT_CODE and record["reason"] == "SIGTERM"
+    assert list_checkpoints(tmp_path / "checkpoints")[-1].name == f"step-{record['step']:07d}"
+
+
+def test_exit_record_is_written_when_the_run_crashes(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "exit.json").write_text(json.dumps({"exit_code": 0, "step": 9, "reason": "finished"}))
+    crash = ("import sys, train.loop as l\n"
+             "def boom(*a, **k): raise RuntimeError('disk controller on fire')\n"
+             "l.train_step = boom\n"
+             "from train.__main__ import main\nsys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", crash, "--config", "configs/tiny.toml", *QUICK,
+                        f"--train.run_dir={tmp_path}", "--train.steps=3"], capture_output=True, text=True,
+                       timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1 and "disk controller on fire" in r.stderr
+    record = read_exit_record(tmp_path)
+    assert record["exit_code"] == 1 and record["reason"] == "crashed: RuntimeError: disk controller on fire"

@@ -5,7 +5,11 @@ import argparse
 import os
 import sys
 
-from train.config import ConfigError, dump_toml, load_config
+from train.preemption import ignore_late_signals, install_early
+
+install_early()     # before anything heavy is imported: a SIGTERM while starting still saves and exits 75
+
+from train.config import ConfigError, dump_toml, load_config  # noqa: E402
 
 EPILOG = """config keys (override any with --section.key=value or --section.key value; a recipe's TOML
 sets them under [section]):"""
@@ -48,17 +52,24 @@ def main(argv: list[str] | None = None) -> int:
         print(threads.line(), flush=True)
     from data.errors import DataError
     from parallel.dims import LayoutError
+    from train.errors import RunError
     from train.loop import train
+    from train.preemption import record_failure
 
     try:
         result = train(cfg)
-    except (ConfigError, LayoutError, DataError) as e:   # user errors found while setting up: exit 2
+    except (ConfigError, LayoutError, DataError, RunError) as e:   # user errors found while setting up: exit 2
         print(f"error: {e}", file=sys.stderr)
+        record_failure(cfg.train.run_dir, 2, e)
         return 2
+    except BaseException as e:
+        record_failure(cfg.train.run_dir, 1, e)
+        raise
     finally:
         from parallel.distributed import destroy
 
         destroy()
+        ignore_late_signals()
     return result.exit_code
 
 

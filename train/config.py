@@ -120,6 +120,9 @@ class TrainConfig:
     log_every: int = opt(10, "steps between console lines and TensorBoard scalars")
     time_limit: float = opt(0.0, "minutes; save and exit with the requeue code before this limit (0 = none)")
     threads: int = opt(0, "intra-op threads per process; 0 = auto (train/threads.py)")
+    on_nonfinite: str = choice("stop", "skip", help="a non-finite loss or grad norm: stop the run, or skip (drop) "
+                               "the step (train/nonfinite.py)")
+    max_nonfinite: int = opt(3, "on_nonfinite=skip: stop after this many non-finite steps in a row")
 
 
 @dataclass
@@ -139,6 +142,8 @@ class CheckpointConfig:
     every: int = opt(100, "steps between saves (0 = only at the end)")
     keep_last: int = opt(2, "complete checkpoints kept, newest first (0 keeps all)")
     resume: str = opt("none", "none | auto (newest complete checkpoint of train.run_dir) | a checkpoint directory")
+    allow_model_change: list[str] = opt(factory=list, help="model keys a resume may change (e.g. rope_theta,window); "
+                                        "any other difference from the checkpoint's [model] is refused")
     save_final: bool = opt(True, "save a checkpoint when the run reaches train.steps")
 
 
@@ -319,6 +324,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg.model.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    from train.config_checks import check_ranges
+
+    check_ranges(cfg)
     return cfg
 
 

@@ -6,16 +6,19 @@ checkpointing decides its own cadence; the loop only calls them in order.
 """
 from __future__ import annotations
 
-import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from parallel.distributed import barrier
+from train import runlock
 from train.build import Run, build_run, resolve_device  # noqa: F401  (resolve_device: public helper)
 from train.checkpoint import Checkpointer
 from train.config import Config, dump_toml
 from train.evaluate import periodic_eval
+from train.layout_check import validate_run_layout
+from train.nonfinite import NonFiniteGuard
 from train.preemption import REQUEUE_EXIT_CODE, write_exit_record
 from train.report import Reporter
 from train.step import train_step
@@ -56,7 +59,7 @@ class Saver:
         path = self.ckpt.resolve(run.cfg.checkpoint.resume)
         if path is None:
             return 0, None
-        state = self.ckpt.load(path, run.engine)
+        state = self.ckpt.load(path, run.engine, run.cfg.model, run.cfg.checkpoint.allow_model_change)
         if state.get("data") is not None:      # None: an imported model's step-0 checkpoint
             run.loader.load_state_dict(state["data"])
         self.restore_length_gen(log)
@@ -76,7 +79,10 @@ class Saver:
 
 
 def train(cfg: Config, log=print) -> TrainResult:
+    lock = runlock.acquire(cfg.train.run_dir) if int(os.environ.get("RANK", "0")) == 0 else None
+    Checkpointer(cfg.train.run_dir, 0, 0).resolve(cfg.checkpoint.resume)   # a bad --resume path: before any work
     run = build_run(cfg)
+    validate_run_layout(cfg, run.pstate.world)     # the same check the launcher runs before starting anything
     config_toml = dump_toml(cfg)
     saver = Saver(run, config_toml)
     step, resumed_from = saver.resume(log)
@@ -96,19 +102,19 @@ def train(cfg: Config, log=print) -> TrainResult:
     if run.is_main:
         write_exit_record(run_dir, result.exit_code, step, run.stop.reason)
     barrier()
+    runlock.release(lock)
     result.final_step = step
     return result
 
 
 def loop(run: Run, step: int, saver: Saver, report: Reporter, result: TrainResult, log) -> int:
     """Steps until train.steps or a stop; returns the last step run."""
+    nonfinite = NonFiniteGuard(run.cfg.train.on_nonfinite, run.cfg.train.max_nonfinite)
     while step < run.cfg.train.steps:
-        out = train_step(run, step)
+        out = train_step(run, step, nonfinite)
         step += 1
         result.losses.append(out.loss)
         report.after_step(step, out)
-        if not math.isfinite(out.loss):
-            raise FloatingPointError(f"loss became {out.loss} at step {step}; lower optim.lr or check the data")
         periodic_eval(run.engine.module, run.cfg, step, report.tb, run.is_main, run.device)
         if saver.due(step, out.stop_now):
             report.checkpoint(*saver.save(step))

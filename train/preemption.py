@@ -11,6 +11,14 @@ where the step and save durations are measured by the trainer as it goes (`obser
 `observe_save`) and the margin (default min(60 s, 5% of the limit)) covers what is not yet
 measured, e.g. the first save.
 
+Ranks agree on the reason as well as on the flag: the stop votes travel as one count per
+reason (SIGTERM, SIGUSR1, time limit) in the step's all-reduce, and every rank records the
+first reason any rank voted for. `install_early` (called first thing by `python -m train`,
+before torch is imported) catches a signal that arrives while the process is still starting;
+`ignore_late_signals` (after the run) keeps a second signal, or the launcher's repeat, from
+killing a process that has already saved: Python resets its own handlers to the default
+action while it shuts down, but leaves ignored signals ignored.
+
 Under torchrun the exit code of a worker is lost (torchrun reports 1 for any failure), so
 rank 0 also writes `<run>/exit.json` (`write_exit_record`); the launcher reads it to turn
 torchrun's exit status back into REQUEUE_EXIT_CODE.
@@ -26,6 +34,24 @@ from pathlib import Path
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
 EXIT_RECORD = "exit.json"
+REASONS = ("SIGTERM", "SIGUSR1", "time limit")   # vote order; the first one any rank voted for wins
+_early: list[str] = []                            # a signal caught before the trainer's StopFlag existed
+
+
+def _early_handler(signum, frame) -> None:
+    _early.append(signal.Signals(signum).name)
+
+
+def install_early() -> None:
+    """Catch SIGTERM/SIGUSR1 from the very start of the process; StopFlag.install adopts them."""
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, _early_handler)
+
+
+def ignore_late_signals() -> None:
+    """After the run: a late SIGTERM/SIGUSR1 must not turn a clean exit into a kill."""
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def default_margin(time_limit_minutes: float) -> float:
@@ -46,6 +72,8 @@ class StopFlag:
     def install(self) -> StopFlag:
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, self._handler)
+        if _early and not self.requested:
+            self.requested, self.reason = True, _early[0]
         return self
 
     def _handler(self, signum, frame) -> None:
@@ -71,6 +99,21 @@ class StopFlag:
             self.requested, self.reason = True, "time limit"
         return self.requested
 
+    def votes(self):
+        """This rank's vote as one count per reason (REASONS), to be summed over ranks (a float64 tensor)."""
+        import torch  # not at module level: `python -m train` imports this module before torch
+
+        stop = self.local()
+        return torch.tensor([float(stop and self.reason == r) for r in REASONS], dtype=torch.float64)
+
+    def agree(self, summed) -> bool:
+        """Whether any rank voted to stop; if so every rank takes the same (first voted) reason."""
+        for reason, count in zip(REASONS, summed.tolist()):
+            if count > 0:
+                self.requested, self.reason = True, reason
+                return True
+        return False
+
 
 def write_exit_record(run_dir: str | Path, exit_code: int, step: int, reason: str) -> None:
     """<run>/exit.json: how the last run ended (read by `python -m launch` and `launch status`)."""
@@ -85,6 +128,22 @@ def write_exit_record(run_dir: str | Path, exit_code: int, step: int, reason: st
               "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT", "")}
     tmp.write_text(json.dumps(record) + "\n")
     os.replace(tmp, path)
+
+
+def record_failure(run_dir: str | Path, exit_code: int, exc: BaseException, step: int = -1) -> None:
+    """exit.json for a run that ended with an exception (rank 0 only), so `launch status` never
+    reports an earlier run's "finished" for a run that crashed. Only the process holding the run's
+    lock writes it: a run refused because another holds the directory must not touch its record."""
+    from train.runlock import holds
+
+    if not holds(run_dir):
+        return
+    kind = "error" if exit_code == 2 else "crashed"
+    message = (str(exc).strip().splitlines() or [""])[0][:500]
+    try:
+        write_exit_record(run_dir, exit_code, step, f"{kind}: {type(exc).__name__}: {message}")
+    except OSError:
+        pass                                  # a read-only run_dir: the error message says so already
 
 
 def read_exit_record(run_dir: str | Path) -> dict | None:

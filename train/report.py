@@ -59,6 +59,7 @@ class Reporter:
             "perf/max_memory_gb": max_memory_gb(run.device),
             "data/seq_len": out.seq_len, "data/batch_size": out.rows,
             "data/skipped_corrupt": run.loader.skipped_documents,   # data.skip_corrupt
+            "train/nonfinite_skipped": out.nonfinite_skipped,        # train.on_nonfinite=skip
             **getattr(run.loader, "tb_scalars", dict)(),   # a mixture's tokens per source so far
         })
         if run.cfg.metrics.state_norms:  # recurrent (M, R) final-state norms: the state-collapse watch

@@ -14,6 +14,7 @@ import torch
 
 from parallel.distributed import all_reduce
 from train.build import Run
+from train.nonfinite import NonFiniteGuard
 from train.optim import lr_at
 
 
@@ -27,6 +28,7 @@ class StepOutput:
     seq_len: int                # row length of this step (curricula vary it)
     rows: int
     stop_now: bool              # some rank asked to stop (signal or time limit): save and exit
+    nonfinite_skipped: int = 0  # steps dropped so far for a non-finite loss/grad norm (train.on_nonfinite=skip)
 
 
 def label_count(run: Run, batches) -> int:
@@ -35,8 +37,10 @@ def label_count(run: Run, batches) -> int:
     return int(all_reduce(torch.tensor([counts], dtype=torch.float64)).item())
 
 
-def train_step(run: Run, step: int) -> StepOutput:
-    """Step `step` (0-based) -> its output; one all-reduce carries the loss and every rank's stop vote."""
+def train_step(run: Run, step: int, nonfinite: NonFiniteGuard | None = None) -> StepOutput:
+    """Step `step` (0-based) -> its output; one all-reduce carries the loss and every rank's stop vote
+    (one count per reason, so every rank records the same reason). With `nonfinite`, a NaN/inf loss
+    or grad norm on any rank is caught before the update (train/nonfinite.py)."""
     t0 = time.perf_counter()
     cfg, engine, pstate = run.cfg, run.engine, run.pstate
     lr = lr_at(step, cfg.train.steps, cfg.optim)
@@ -46,11 +50,14 @@ def train_step(run: Run, step: int) -> StepOutput:
     global_count = label_count(run, batches)
     loss_sum = engine.forward_backward(batches, global_count, run.length_gen)
     grad_norm = engine.clip(cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-    engine.step()
-    stats = all_reduce(torch.stack([loss_sum * float(engine.is_loss_rank),
-                                    torch.tensor(float(run.stop.local()), dtype=torch.float64)]))
+    if nonfinite is not None and nonfinite.skip_step(step + 1, loss_sum, grad_norm):
+        engine.optimizer.zero_grad(set_to_none=True)     # the step is dropped: no update
+    else:
+        engine.step()
+    stats = all_reduce(torch.cat([(loss_sum * float(engine.is_loss_rank)).reshape(1), run.stop.votes()]))
     dt = time.perf_counter() - t0
     run.stop.observe_step(dt)
     return StepOutput(loss=stats[0].item() / max(1, global_count), lr=lr, grad_norm=float(grad_norm), seconds=dt,
                       tokens=sum(b.tokens.numel() for b in full), seq_len=full[0].shape[1],
-                      rows=full[0].shape[0], stop_now=stats[1].item() > 0)
+                      rows=full[0].shape[0], stop_now=run.stop.agree(stats[1:]),
+                      nonfinite_skipped=nonfinite.skipped if nonfinite is not None else 0)
