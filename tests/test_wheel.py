@@ -51,7 +51,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     script = run([venv / "bin" / "longweave-launch", "slurm", "--config", "configs/tiny.toml", "--nproc-per-node",
                   "2", "--time", "00:20:00", "--dry-run", "--train.run_dir=run"], empty, env)
     assert "#SBATCH --cpus-per-task=2" in script and "share/longweave/slurm/requeue.sh" in script
-    run([py, "-m", "train.evaluate", "--checkpoint", "run", "--lengths", "64", "--depths", "1", "--trials", "1",
+    run([py, "-m", "train.evaluate", "--checkpoint", "run", "--lengths", "160", "--depths", "1", "--trials", "1",
          "--loss-length", "64", "--loss-docs", "1", "--no-tensorboard"], empty, env)
     written = {p.name for p in (empty / "run" / "checkpoints" / "step-0000002" / "eval").iterdir()}
     assert {"loss_by_position.json", "passkey.json", "passkey.png"} <= written
