@@ -72,7 +72,7 @@ def test_cli_dry_run_is_valid_bash(tmp_path, capsys):
     from launch.__main__ import main
 
     rc = main(["slurm", "--dry-run", "--nodes", "4", "--gpus-per-node", "8", "--cpus-per-task", "64",
-               "--partition", "batch", "--parallel.tp=8", f"--train.run_dir={tmp_path}"])
+               "--partition", "batch", "--parallel.tp=4", f"--train.run_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert rc == 0
     bash_n(out, tmp_path)
@@ -83,7 +83,7 @@ def test_gpu_cpus_come_from_the_flag_or_sinfo_and_the_script_says_which(tmp_path
     from launch.__main__ import main
 
     monkeypatch.setattr("launch.sbatch.partition_cpus", lambda partition: None)   # no sinfo here
-    args = ["slurm", "--dry-run", "--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu", "--parallel.tp=8",
+    args = ["slurm", "--dry-run", "--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu", "--parallel.tp=4",
             f"--train.run_dir={tmp_path}"]
     assert main(args) == 2
     err = capsys.readouterr().err
