@@ -217,3 +217,14 @@ def test_sized_and_classic_synthetic_loaders_refuse_each_others_state():
         classic.load_state_dict(sized.state_dict())
     with pytest.raises(DataError, match="data.corpus='classic', not 'sized'"):
         sized.load_state_dict(classic.state_dict())
+
+
+def test_recall_warmup_asks_every_pair_again_in_another_order():
+    from data.tasks.registry import get_training_kind
+
+    doc = get_training_kind("recall").document(TOK, 256, seed=5)
+    assert len(doc) <= 256 and doc[0] == TOK.BOS and doc[-1] == TOK.EOS
+    first, second = TOK.decode(doc).removeprefix("Pairs:").rstrip(".").split(". Recall:")
+    pairs, again = [p.split() for p in first.split(",")], [p.split() for p in second.split(",")]
+    assert len(pairs) >= 8 and sorted(pairs) == sorted(again) and pairs != again
+    assert len({k for k, _ in pairs}) == len(pairs) and all(len(v) == 5 for _, v in pairs)
