@@ -182,3 +182,16 @@ def test_a_rank_reads_only_the_documents_it_packs(tmp_path, dp, monkeypatch):
     # measured: 1.7× / 3.8× what it packs at dp = 1 / 4 (whole documents, a 128-byte npy header each),
     # against 26× when whole shards are read
     assert consumed <= rank.corpus.bytes_read < sum(read) / 4
+
+
+@pytest.mark.parametrize("packing", ["concat", "dd"])
+def test_a_corpus_that_runs_dry_starts_its_next_epoch_and_says_so(tmp_path, packing):
+    write_synthetic_shards(tmp_path, 30, shard_tokens=3000, seed=4, min_chars=20, max_chars=80)
+    logs = []
+    ld = ShardLoader(str(tmp_path), 32, 2, seed=1, packing=packing, dd_min_len=8, dd_max_len=32,
+                     log=logs.append)
+    tokens = sum(int(x.sum()) for x in ld.corpus.lengths)
+    for _ in range(2 * tokens // 64 + 4):           # a bit more than two epochs of 2 rows × 32 tokens
+        ld.next_batch()
+    dry = [m for m in logs if "ran dry" in m]
+    assert len(dry) >= 2 and str(tmp_path) in dry[0] and ("epoch 1" in dry[0] or "cycle 1" in dry[0])
