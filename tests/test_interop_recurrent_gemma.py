@@ -190,3 +190,20 @@ def test_export_picks_the_family_and_refuses_what_it_cannot_express():
     with pytest.raises(InteropError, match="logit_soft_cap"):
         llama.config_to_hf(type(cfg)(**{**vars(cfg), "pattern": "(*-)x2", "mlp_type": "swiglu",
                                         "norm_unit_offset": False, "embed_scale": 1.0}))
+
+
+def test_pipeline_stages_scale_the_embedding_and_cap_the_logits():
+    """The Gemma options live in LanguageModel.forward and in the pipeline's first/last stage."""
+    from parallel.pipeline.stage import PipelineModel, StageChunk
+
+    _, ours, cfg = imported("gqa-untied")
+    tokens, positions, doc_ids, _ = packed(3, LENGTHS, cfg.vocab_size)
+    first = PipelineModel(ours, [0, 1, 2], first=True, last=False)
+    last = PipelineModel(ours, [3, 4, 5], first=False, last=True)
+    chunks = [StageChunk(first, 0, 3, True, False), StageChunk(last, 3, 6, False, True)]
+    h = tokens
+    with torch.no_grad():
+        for chunk in chunks:
+            chunk.meta = [(positions, doc_ids)]
+            h = chunk(h)
+        assert torch.equal(h, ours(tokens, positions, doc_ids))
