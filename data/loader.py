@@ -26,17 +26,25 @@ from data.tokenizer import ByteTokenizer
 
 
 class SyntheticLoader:
-    """Packed rows of the embedded synthetic corpus (byte tokenizer)."""
+    """Packed rows of the embedded synthetic corpus (byte tokenizer).
+
+    Subclasses (data/tasks/corpus.py's SizedLoader) set another `packer` and `corpus` name; the
+    batching, the data-parallel split, the curriculum and the checkpoint state are this class's."""
+    corpus = "classic"
 
     def __init__(self, seq_len: int, batch_size: int, dp_rank: int = 0, dp_size: int = 1, seed: int = 0,
                  min_chars: int = 400, max_chars: int = 6000, length_at: Callable[[int], int] | None = None):
-        self.tokenizer = ByteTokenizer()
-        self.batch_size, self.dp_rank, self.dp_size = batch_size, dp_rank, dp_size
-        self.seed = seed
+        self._setup(batch_size, dp_rank, dp_size, seed, length_at)
         self.packer = ConcatChunkPacker(
             lambda i: self.tokenizer.encode_document(synthetic_document(seed, i, min_chars, max_chars)),
             seq_len,
         )
+
+    def _setup(self, batch_size: int, dp_rank: int, dp_size: int, seed: int,
+               length_at: Callable[[int], int] | None) -> None:
+        self.tokenizer = ByteTokenizer()
+        self.batch_size, self.dp_rank, self.dp_size = batch_size, dp_rank, dp_size
+        self.seed = seed
         self.length_at = length_at
         self.steps = 0
 
@@ -63,11 +71,15 @@ class SyntheticLoader:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        return {"source": "synthetic", "seed": self.seed, "steps": self.steps, **self.packer.state_dict()}
+        extra = {} if self.corpus == "classic" else {"corpus": self.corpus}
+        return {"source": "synthetic", **extra, "seed": self.seed, "steps": self.steps, **self.packer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("source", "synthetic") != "synthetic":
             raise DataError(f"checkpoint's data state is for source {state.get('source')!r}, not 'synthetic'")
+        if state.get("corpus", "classic") != self.corpus:
+            raise DataError(f"checkpoint's data state is for data.corpus={state.get('corpus', 'classic')!r}, not "
+                            f"{self.corpus!r}; resume with the same corpus")
         self.steps = int(state["steps"])
         self.packer.load_state_dict(state)
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from data.batch import IGNORE_INDEX
+from data.errors import DataError
 from data.tasks import TASKS, TaskError, get_task, task_names
 from data.tasks.corpus import FittingPacker, SizedCorpus
 from data.tokenizer import ByteTokenizer
@@ -187,3 +188,43 @@ def test_long_context_recipes_load_and_give_task_dense_rows(name):
     loader = build_loader(cfg.data)
     text = "".join(TOK.decode(row) for _ in range(4) for row in loader.next_batch().tokens.tolist())
     assert text.count("What is the pass key?") >= 4 and "The code of" in text and "Again:" in text
+
+
+def test_induction_warmup_documents_repeat_their_random_half_and_are_training_only():
+    from data.tasks.registry import WARMUPS, get_training_kind
+
+    ind = get_training_kind("induction")
+    doc = ind.document(TOK, 200, seed=3)
+    assert 195 <= len(doc) <= 200 and doc[0] == TOK.BOS and doc[-1] == TOK.EOS
+    first, second = TOK.decode(doc).removeprefix("Random: ").rstrip(".").split(" Again: ")
+    assert first == second and len(first) >= 90 and first != ind.document(TOK, 200, seed=4)
+    assert "induction" in WARMUPS and "induction" not in TASKS
+    with pytest.raises(TaskError, match="unknown task 'induction'"):
+        get_task("induction")                      # not an evaluation task: nothing to score
+    with pytest.raises(TaskError, match=r"unknown data.tasks entry 'inductoin'; known: .*induction"):
+        get_training_kind("inductoin")
+
+
+def test_sized_and_classic_synthetic_loaders_refuse_each_others_state():
+    from data.loader import SyntheticLoader
+    from data.tasks.corpus import SizedLoader
+    from train.config import DataConfig
+
+    sized = SizedLoader(DataConfig(corpus="sized", seq_len=128, batch_size=2, tasks=["passkey", "induction"]))
+    classic = SyntheticLoader(128, 2)
+    sized.next_batch(), classic.next_batch()
+    with pytest.raises(DataError, match="data.corpus='sized', not 'classic'"):
+        classic.load_state_dict(sized.state_dict())
+    with pytest.raises(DataError, match="data.corpus='classic', not 'sized'"):
+        sized.load_state_dict(classic.state_dict())
+
+
+def test_recall_warmup_asks_every_pair_again_in_another_order():
+    from data.tasks.registry import get_training_kind
+
+    doc = get_training_kind("recall").document(TOK, 256, seed=5)
+    assert len(doc) <= 256 and doc[0] == TOK.BOS and doc[-1] == TOK.EOS
+    first, second = TOK.decode(doc).removeprefix("Pairs:").rstrip(".").split(". Recall:")
+    pairs, again = [p.split() for p in first.split(",")], [p.split() for p in second.split(",")]
+    assert len(pairs) >= 8 and sorted(pairs) == sorted(again) and pairs != again
+    assert len({k for k, _ in pairs}) == len(pairs) and all(len(v) == 5 for _, v in pairs)

@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,12 +93,19 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What `Checkpointer.load` read besides the model and optimizer: the shared train state
+    (step, data position) and this rank's own extra state (RNG is restored in place)."""
+    train_state: dict
+    rank_state: dict
+
+
 class Checkpointer:
     def __init__(self, run_dir: str | Path, keep_last: int, rank: int):
         self.dir = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
         self.rank = rank
-        self.rank_state: dict = {}
         self.loaded: Path | None = None     # the checkpoint this run resumed from: never pruned by it
 
     def resolve(self, resume: str) -> Path | None:
@@ -195,9 +203,9 @@ class Checkpointer:
         fsync_dir(self.dir)
         return final
 
-    def load(self, path: Path, engine, model_cfg=None, allow_model_change: list[str] = ()) -> dict:
+    def load(self, path: Path, engine, model_cfg=None, allow_model_change: list[str] = ()) -> LoadedCheckpoint:
         """Load model and optimizer (through `engine`) and this rank's RNG from `path`; returns the
-        train state. This rank's extra state (save's rank_state) is left in self.rank_state ({} if none).
+        train state and this rank's extra state (save's rank_state; {} if none).
         A weights-only checkpoint (save_initial) loads the model and leaves the rest fresh.
         With `model_cfg`, a checkpoint written for a different model is refused first."""
         if model_cfg is not None:
@@ -205,12 +213,11 @@ class Checkpointer:
             if changed and self.rank == 0:
                 warn(f"resuming {path} with changed model keys {', '.join(changed)} (checkpoint.allow_model_change)")
         train_state = json.loads((path / "train_state.json").read_text())
-        self.rank_state = {}
         try:
             if train_state.get("weights_only"):
                 engine.load_weights(path)
                 self.loaded = path
-                return train_state
+                return LoadedCheckpoint(train_state, {})
             engine.load(path)
         except (CheckpointError, NotImplementedError):
             raise
@@ -219,15 +226,15 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer ({first}); resume with the "
                                   "settings it was written with") from None
         rank_file = path / f"rank-{self.rank:05d}.pt"
-        self.rank_state = {}
+        rank_state = {}
         if rank_file.is_file():
             saved = rank_file_load(rank_file)
             set_rng_state(saved["rng"])
-            self.rank_state = saved.get("extra", {})
+            rank_state = saved.get("extra", {})
         else:
             warn(f"{rank_file.name} not in {path} (world size changed?); RNG state not restored")
         self.loaded = path
-        return train_state
+        return LoadedCheckpoint(train_state, rank_state)
 
 
 def write_json_synced(path: Path, obj) -> None:
@@ -248,4 +255,4 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["Checkpointer", "CheckpointError", "list_checkpoints", "is_complete", "load_model_weights", "is_dist"]
+__all__ = ["Checkpointer", "LoadedCheckpoint", "CheckpointError", "list_checkpoints", "is_complete", "load_model_weights", "is_dist"]

@@ -59,16 +59,17 @@ class Saver:
         path = self.ckpt.resolve(run.cfg.checkpoint.resume)
         if path is None:
             return 0, None
-        state = self.ckpt.load(path, run.engine, run.cfg.model, run.cfg.checkpoint.allow_model_change)
+        loaded = self.ckpt.load(path, run.engine, run.cfg.model, run.cfg.checkpoint.allow_model_change)
+        state = loaded.train_state
         if state.get("data") is not None:      # None: an imported model's step-0 checkpoint
             run.loader.load_state_dict(state["data"])
-        self.restore_length_gen(log)
+        self.restore_length_gen(loaded.rank_state, log)
         if run.is_main:
             log(f"resumed from {path} at step {int(state['step'])}")
         return int(state["step"]), path
 
-    def restore_length_gen(self, log) -> None:
-        run, saved = self.run, self.ckpt.rank_state
+    def restore_length_gen(self, saved: dict, log) -> None:
+        run = self.run
         if run.length_gen is None or "length_gen" not in saved:
             return
         if saved.get("world") == run.pstate.world:

@@ -119,3 +119,22 @@ def haystack(tok, rng: random.Random, length: int, head: str, needles: list[tupl
 
 def number(rng: random.Random) -> str:
     return str(rng.randint(10000, 99999))
+
+
+def distinct(rng: random.Random, n: int, draw) -> list:
+    """n different values of draw(rng), in the order drawn (keys, values, variable names)."""
+    out: list = []
+    while len(out) < n:
+        x = draw(rng)
+        if x not in out:
+            out.append(x)
+    return out
+
+
+def needle_depths(rng: random.Random, depth: float, n: int, later: bool = False) -> list[float]:
+    """Depths of n needles: the first (the one the question is about) at `depth`, the others at
+    random depths — anywhere, or (later=True, for chains such as variable tracking) after the
+    first, in increasing order."""
+    if later:
+        return sorted([depth] + [depth + (1 - depth) * rng.random() for _ in range(n - 1)])
+    return [depth] + [rng.random() for _ in range(n - 1)]

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from data.batch import IGNORE_INDEX, Batch
+from data.loader import SyntheticLoader
 from data.tasks.base import TaskError, case_seed, doc_start, filler_ids
-from data.tasks.registry import get_task
-from data.tokenizer import ByteTokenizer
+from data.tasks.registry import get_training_kind
 
 
 class SizedCorpus:
@@ -32,13 +32,15 @@ class SizedCorpus:
         if not 0.0 <= task_mix <= 1.0 or not 0.0 <= fit_fraction <= 1.0 or long_max < 1.0:
             raise TaskError("data.task_mix and data.fit_fraction must lie in [0, 1] and data.long_max >= 1")
         self.tok, self.seed = tok, seed
-        self.tasks = [get_task(t) for t in tasks]
+        self.tasks = [get_training_kind(t) for t in tasks]
         self.weights = list(weights) or [1.0] * len(tasks)
         self.task_mix, self.fit_fraction, self.long_max = task_mix, fit_fraction, long_max
         self._min: dict[str, int] = {}
 
     def min_length(self, task) -> int:
         """The shortest training document of `task` (its fixed parts + completion + end token)."""
+        if task.name not in self._min and hasattr(task, "min_length"):
+            self._min[task.name] = task.min_length(self.tok)
         if task.name not in self._min:
             s = task.build(random.Random(0), self.tok, 8192, 0.5)
             self._min[task.name] = s.fixed_tokens + len(s.completion) + 8
@@ -120,48 +122,14 @@ class FittingPacker:
                      torch.from_numpy(doc.astype(np.int32)))
 
 
-class SizedLoader:
-    """The loader for data.source = "synthetic", data.corpus = "sized" (byte tokenizer)."""
+class SizedLoader(SyntheticLoader):
+    """The loader for data.source = "synthetic", data.corpus = "sized" (byte tokenizer): the
+    synthetic loader with the fitting packer over the sized corpus."""
+    corpus = "sized"
 
     def __init__(self, data_cfg, dp_rank: int = 0, dp_size: int = 1,
                  length_at: Callable[[int], int] | None = None):
-        self.tokenizer = ByteTokenizer()
-        self.batch_size, self.dp_rank, self.dp_size = data_cfg.batch_size, dp_rank, dp_size
-        self.seed = data_cfg.seed
+        self._setup(data_cfg.batch_size, dp_rank, dp_size, data_cfg.seed, length_at)
         corpus = SizedCorpus(self.tokenizer, data_cfg.seed, list(data_cfg.tasks), list(data_cfg.task_weights),
                              data_cfg.task_mix, data_cfg.fit_fraction, data_cfg.long_max)
         self.packer = FittingPacker(corpus, data_cfg.seq_len)
-        self.length_at = length_at
-        self.steps = 0
-
-    @property
-    def seq_len(self) -> int:
-        return self.packer.seq_len
-
-    @property
-    def vocab_size(self) -> int:          # data/protocol.py's Loader
-        return self.tokenizer.vocab_size
-
-    skipped_documents = None              # generated text: nothing to skip
-
-    def next_batch(self) -> Batch:
-        if self.length_at is not None:
-            self.packer.seq_len = self.length_at(self.steps + 1)
-        glob = self.packer.next_batch(self.batch_size * self.dp_size)
-        self.steps += 1
-        b = self.batch_size
-        return glob.rows(self.dp_rank * b, (self.dp_rank + 1) * b)
-
-    def __iter__(self):
-        while True:
-            yield self.next_batch()
-
-    def state_dict(self) -> dict:
-        return {"source": "synthetic", "corpus": "sized", "seed": self.seed, "steps": self.steps,
-                **self.packer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("corpus") != "sized":
-            raise TaskError("checkpoint's data state is not for data.corpus='sized'; resume with the same corpus")
-        self.steps = int(state["steps"])
-        self.packer.load_state_dict(state)

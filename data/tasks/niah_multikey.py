@@ -4,7 +4,7 @@ prompt with its distractors still leaves room for filler at T = 256 byte tokens.
 from __future__ import annotations
 
 from data.synthetic import NOUN
-from data.tasks.base import Sample, haystack, number
+from data.tasks.base import Sample, distinct, haystack, needle_depths, number
 from data.tasks.registry import Task, first_number_is, register
 
 HEAD = "Remember the codes."
@@ -15,12 +15,7 @@ def magic(key: str, value: str) -> str:
 
 
 def distinct_keys(rng, n: int) -> list[str]:
-    keys: list[str] = []
-    while len(keys) < n:
-        k = rng.choice(NOUN)
-        if k not in keys:
-            keys.append(k)
-    return keys
+    return distinct(rng, n, lambda r: r.choice(NOUN))
 
 
 @register
@@ -31,8 +26,7 @@ class NiahMultikey(Task):
     def build(self, rng, tok, length, depth):
         keys = distinct_keys(rng, self.distractors + 1)
         values = [number(rng) for _ in keys]
-        needles = [(depth, magic(keys[0], values[0]))] + [(rng.random(), magic(k, v))
-                                                           for k, v in zip(keys[1:], values[1:])]
+        needles = list(zip(needle_depths(rng, depth, len(keys)), map(magic, keys, values)))
         question = f"What is the code of {keys[0]}? The code of {keys[0]} is"
         ctx, q, fixed = haystack(tok, rng, length, HEAD, needles, question, self.name)
         return Sample(self.name, ctx, q, [values[0]], f" {values[0]}.", fixed, depth, {"key": keys[0]})

@@ -2,7 +2,7 @@
 (score = fraction of the asked numbers in the continuation)."""
 from __future__ import annotations
 
-from data.tasks.base import Sample, haystack, number
+from data.tasks.base import Sample, haystack, needle_depths, number
 from data.tasks.niah_multikey import HEAD, distinct_keys, magic
 from data.tasks.registry import Task, register
 
@@ -17,7 +17,7 @@ class NiahMultiquery(Task):
     def build(self, rng, tok, length, depth):
         keys = distinct_keys(rng, self.needles)
         values = [number(rng) for _ in keys]
-        depths = [depth] + [rng.random() for _ in keys[1:]]
+        depths = needle_depths(rng, depth, len(keys))
         asked = [0] + rng.sample(range(1, self.needles), self.queries - 1)
         names = ", ".join(keys[i] for i in asked)
         question = f"What are the codes of {names}? The codes of {names} are"

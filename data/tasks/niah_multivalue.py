@@ -3,7 +3,7 @@ lists all of them (score = fraction of the values in the continuation)."""
 from __future__ import annotations
 
 from data.synthetic import NOUN
-from data.tasks.base import Sample, haystack, number
+from data.tasks.base import Sample, distinct, haystack, needle_depths, number
 from data.tasks.niah_multikey import HEAD, magic
 from data.tasks.registry import Task, register
 
@@ -16,12 +16,8 @@ class NiahMultivalue(Task):
 
     def build(self, rng, tok, length, depth):
         key = rng.choice(NOUN)
-        values: list[str] = []
-        while len(values) < self.values:
-            v = number(rng)
-            if v not in values:
-                values.append(v)
-        depths = [depth] + [rng.random() for _ in values[1:]]
+        values = distinct(rng, self.values, number)
+        depths = needle_depths(rng, depth, len(values))
         needles = list(zip(depths, (magic(key, v) for v in values)))
         order = [v for _, v in sorted(zip(depths, values), key=lambda x: x[0])]   # as they appear
         question = f"What are all codes of {key}? The codes of {key} are"

@@ -7,6 +7,7 @@ import re
 from data.tasks.base import Sample, TaskError, bos_of, case_seed, check_encodable, text_ids
 
 TASKS: dict[str, Task] = {}
+WARMUPS: dict = {}          # training-only document kinds (no prompt to score): name -> object with document()
 
 
 class Task:
@@ -53,6 +54,20 @@ def first_number_is(generated: str, answer: str) -> float:
 def register(cls: type[Task]) -> type[Task]:
     TASKS[cls.name] = cls()
     return cls
+
+
+def register_warmup(cls):
+    WARMUPS[cls.name] = cls()
+    return cls
+
+
+def get_training_kind(name: str):
+    """A task or a training-only warm-up, for data.tasks."""
+    if name in WARMUPS:
+        return WARMUPS[name]
+    if name not in TASKS:
+        raise TaskError(f"unknown data.tasks entry {name!r}; known: {', '.join(sorted([*TASKS, *WARMUPS]))}")
+    return TASKS[name]
 
 
 def task_names() -> list[str]:

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import string
 
-from data.tasks.base import Sample, haystack, number
+from data.tasks.base import Sample, distinct, haystack, needle_depths, number
 from data.tasks.registry import Task, register
 
 HEAD = "Track the variables."
 
 
 def names(rng, n: int) -> list[str]:
-    out: list[str] = []
-    while len(out) < n:
-        v = "".join(rng.choice(string.ascii_uppercase) for _ in range(3))
-        if v not in out:
-            out.append(v)
-    return out
+    return distinct(rng, n, lambda r: "".join(r.choice(string.ascii_uppercase) for _ in range(3)))
 
 
 @register
@@ -28,8 +23,7 @@ class VariableTracking(Task):
     def build(self, rng, tok, length, depth):
         value = number(rng)
         chain = names(rng, self.hops + 1)
-        # the first assignment at `depth`, each copy later than the previous one
-        depths = sorted([depth] + [depth + (1 - depth) * rng.random() for _ in chain[1:]])
+        depths = needle_depths(rng, depth, len(chain), later=True)   # each copy after the one it copies
         stmts = [f"VAR {chain[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(chain, chain[1:])]
         question = f"Which variables hold {value}? They are"
         ctx, q, fixed = haystack(tok, rng, length, HEAD, list(zip(depths, stmts)), question, self.name)

@@ -5,11 +5,20 @@ honours causal masking, a sliding window and document boundaries (doc_ids), and 
 query/key offsets (for blocks of a sequence split across ranks). See masks.py for the exact
 visibility rule. Paths: reference (materialised scores), torch SDPA, flash-attn varlen, and our
 fused Triton kernel (triton.py, imported lazily so TRITON_INTERPRET can be set first).
+On the SDPA path, packed-document self-attention never builds a [T, T] mask: a row that is one
+document runs as plain causal attention, and rows of several documents run as per-document
+causal pieces (doc_pieces.py).
 """
 from __future__ import annotations
 
 import torch
 
+from kernels.attention.doc_pieces import (
+    contiguous_documents,
+    piece_attention,
+    piece_bounds,
+    single_document_rows,
+)
 from kernels.attention.flash_varlen import attention_flash_varlen
 from kernels.attention.flash_varlen import supports as flash_supports
 from kernels.attention.masks import is_plain_causal, visible_mask
@@ -57,6 +66,22 @@ def _attention_triton(q, k, v, **kwargs):
     return attention_triton(q, k, v, **kwargs)
 
 
+def _documents_route(q, k_doc_ids, q_doc_ids, causal, window, q_offset, k_offset) -> str | None:
+    """How the SDPA path serves packed-document self-attention: "single" (every row one document:
+    drop the ids), "pieces" (per-document causal pieces, no mask) or None (the masked kernel)."""
+    self_attention = (causal and q.shape[1] == k_doc_ids.shape[1] and q_offset == k_offset
+                      and (k_doc_ids is q_doc_ids or torch.equal(k_doc_ids, q_doc_ids)))
+    if not self_attention:
+        return None
+    if single_document_rows(q_doc_ids):
+        return "single"
+    if not contiguous_documents(q_doc_ids):
+        return None
+    if window is not None and int(piece_bounds(q_doc_ids)[1].max()) > window:
+        return None                                    # the window cuts inside a document: masked
+    return "pieces"
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -80,6 +105,15 @@ def attention(
           "triton": _attention_triton}[path]
     kwargs = dict(causal=causal, window=window, q_doc_ids=q_doc_ids, k_doc_ids=k_doc_ids,
                   q_offset=q_offset, k_offset=k_offset, scale=scale)
+    if fn is attention_sdpa and q_doc_ids is not None:
+        documents = _documents_route(q, k_doc_ids, q_doc_ids, causal, window, q_offset, k_offset)
+        if documents == "single":
+            kwargs.update(q_doc_ids=None, k_doc_ids=None)
+        elif documents == "pieces":
+            def causal_fn(qb, kb, vb):
+                return attention_sdpa(qb, kb, vb, causal=True, scale=scale, return_lse=return_lse)
+            o, lse = piece_attention(q, k, v, q_doc_ids, causal_fn, return_lse)
+            return (o, lse) if return_lse else o
     if fn is attention_reference:
         o, lse = fn(q, k, v, **kwargs)
     else:

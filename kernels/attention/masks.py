@@ -49,3 +49,36 @@ def visible_mask(
 def is_plain_causal(tq: int, tk: int, causal: bool, window, q_doc_ids, q_offset: int, k_offset: int) -> bool:
     """True when the mask is exactly the lower triangle (fast kernels take is_causal, no mask)."""
     return causal and window is None and q_doc_ids is None and tq == tk and q_offset == k_offset
+
+
+def uniform_documents(q_doc_ids, k_doc_ids) -> bool:
+    """True when every query and every key of each row belong to one and the same document, so
+    documents mask nothing (a single-document row, or a block inside one document)."""
+    if q_doc_ids is None:
+        return True
+    first = q_doc_ids[:, :1]
+    return bool((q_doc_ids == first).all()) and bool((k_doc_ids == first.to(k_doc_ids.dtype)).all())
+
+
+def mask_kind(tq: int, tk: int, causal: bool, window, q_doc_ids, k_doc_ids, q_offset: int, k_offset: int) -> str:
+    """Which kernel form the visibility rule needs: "none" (every key visible to every query:
+    no mask, not causal), "causal" (exactly the lower triangle) or "masked" (anything else).
+
+    Off-diagonal blocks of a split sequence whose keys all precede their queries are "none",
+    whatever their offsets; documents count only when they actually separate tokens."""
+    if (q_doc_ids is None) != (k_doc_ids is None):
+        raise ValueError("pass both q_doc_ids and k_doc_ids, or neither")
+    if not uniform_documents(q_doc_ids, k_doc_ids):
+        return "masked"
+    lo = q_offset - (k_offset + tk - 1)              # smallest q_idx - k_idx of the block
+    hi = q_offset + tq - 1 - k_offset                 # largest
+    if causal:
+        in_window = window is None or hi < window
+        if lo >= 0 and in_window:
+            return "none"
+        if tq == tk and q_offset == k_offset and in_window:
+            return "causal"
+        return "masked"
+    if window is None or max(abs(lo), abs(hi)) < window:
+        return "none"
+    return "masked"

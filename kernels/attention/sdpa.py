@@ -2,16 +2,17 @@
 
 On CPU this calls the flash-attention CPU kernel directly because it also returns the
 log-sum-exp (which the sequence-parallel merge needs) and runs forward and backward without
-materialising the score matrix; masks other than the plain causal triangle are passed as an
-additive bias. On CUDA, `F.scaled_dot_product_attention` serves calls that need no LSE;
-calls that need the LSE go to the Triton kernel or flash-attn (see kernels.attention).
+materialising the score matrix. The mask takes the cheapest exact form (masks.mask_kind): none
+for a block whose keys are all visible (whatever its offsets), the kernel's causal flag for the
+plain triangle, and an additive bias only for partially masked blocks (windows, documents).
+On CUDA, `F.scaled_dot_product_attention` serves calls that need no LSE; calls that need the LSE go to the Triton kernel or flash-attn (see kernels.attention).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kernels.attention.masks import is_plain_causal, visible_mask
+from kernels.attention.masks import mask_kind, visible_mask
 
 
 def attention_sdpa(
@@ -30,8 +31,9 @@ def attention_sdpa(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     tq, h = q.shape[1], q.shape[2]
     tk, hkv = k.shape[1], k.shape[2]
-    plain = is_plain_causal(tq, tk, causal, window, q_doc_ids, q_offset, k_offset)
-    mask = None if plain else visible_mask(
+    kind = mask_kind(tq, tk, causal, window, q_doc_ids, k_doc_ids, q_offset, k_offset)
+    plain = kind == "causal"
+    mask = None if kind != "masked" else visible_mask(
         tq, tk, causal=causal, window=window, q_doc_ids=q_doc_ids, k_doc_ids=k_doc_ids,
         q_offset=q_offset, k_offset=k_offset, device=q.device,
     )

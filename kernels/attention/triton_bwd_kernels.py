@@ -15,6 +15,7 @@ from kernels.attention.triton_common import (
     _doc_block,
     _doc_overlap,
     _dot,
+    _load_tile,
     _mask_scores,
     _query_block_keys,
     _query_program,
@@ -31,12 +32,8 @@ def _dq_range(dq, q, do, lse2, delta, K, V, KDOC, start, end, rows, offs_n, offs
         cols = start_n + offs_n
         kdoc, go = _doc_overlap(KDOC, cols, TK, -1, qdoc_min, qdoc_max, HAS_DOC)
         if go:
-            if MASKED:
-                k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :], mask=cols[:, None] < TK, other=0.0)
-                vt = tl.load(V + cols[None, :] * stride_vt + offs_d[:, None], mask=cols[None, :] < TK, other=0.0)
-            else:
-                k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
-                vt = tl.load(V + cols[None, :] * stride_vt + offs_d[:, None])
+            k = _load_tile(K, cols, offs_d, TK, stride_kt, MASKED, False)
+            vt = _load_tile(V, cols, offs_d, TK, stride_vt, MASKED, True)
             s = _dot(q, tl.trans(k), DOT_PREC) * qk_scale
             s = _mask_scores(s, rows, cols, TQ, TK, shift, window, qdoc, kdoc, MASKED, MASKED, CAUSAL,
                              HAS_WINDOW, HAS_DOC)
@@ -95,12 +92,8 @@ def _dkdv_range(dk, dv, k, v, Q, DO, LSE, DELTA, QDOC, start, end, cols, offs_m,
         qdoc, go = _doc_overlap(QDOC, rows, TQ, -2, kdoc_min, kdoc_max, HAS_DOC)
         if go:
             rmask = rows < TQ
-            if MASKED:
-                qt = tl.load(Q + rows[None, :] * stride_qt + offs_d[:, None], mask=rmask[None, :], other=0.0)
-                do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :], mask=rmask[:, None], other=0.0)
-            else:
-                qt = tl.load(Q + rows[None, :] * stride_qt + offs_d[:, None])
-                do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :])
+            qt = _load_tile(Q, rows, offs_d, TQ, stride_qt, MASKED, True)
+            do = _load_tile(DO, rows, offs_d, TQ, stride_dot, MASKED, False)
             lse = tl.load(LSE + rows, mask=rmask, other=float("inf"))
             lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
             delta = tl.load(DELTA + rows, mask=rmask, other=0.0)

@@ -125,3 +125,20 @@ def _query_program(H, REP, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DI
     h = bh % H
     return (start_m, bh, b, h, h // REP, start_m + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N),
             tl.arange(0, HEAD_DIM))
+
+
+@triton.jit
+def _load_tile(ptr, cols, offs_d, N, stride, MASKED: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Rows `cols` of a [N, D] operand with unit stride on D, as [len(cols), D] or (TRANSPOSED)
+    [D, len(cols)]; with MASKED, rows at or past N read as 0 (the last, partial key block)."""
+    if TRANSPOSED:
+        ptrs = ptr + cols[None, :] * stride + offs_d[:, None]
+        inside = cols[None, :] < N
+    else:
+        ptrs = ptr + cols[:, None] * stride + offs_d[None, :]
+        inside = cols[:, None] < N
+    if MASKED:
+        tile = tl.load(ptrs, mask=inside, other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile

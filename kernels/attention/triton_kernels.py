@@ -20,6 +20,7 @@ from kernels.attention.triton_common import (
     _doc_block,
     _doc_overlap,
     _dot,
+    _load_tile,
     _mask_scores,
     _query_block_keys,
     _query_program,
@@ -35,12 +36,8 @@ def _fwd_range(acc, l_i, m_i, q, K, V, KDOC, start, end, rows, offs_n, offs_d, T
         cols = start_n + offs_n
         kdoc, go = _doc_overlap(KDOC, cols, TK, -1, qdoc_min, qdoc_max, HAS_DOC)
         if go:
-            if MASKED:
-                kt = tl.load(K + cols[None, :] * stride_kt + offs_d[:, None], mask=cols[None, :] < TK, other=0.0)
-                v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :], mask=cols[:, None] < TK, other=0.0)
-            else:
-                kt = tl.load(K + cols[None, :] * stride_kt + offs_d[:, None])
-                v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+            kt = _load_tile(K, cols, offs_d, TK, stride_kt, MASKED, True)
+            v = _load_tile(V, cols, offs_d, TK, stride_vt, MASKED, False)
             s = _dot(q, kt, DOT_PREC) * qk_scale
             s = _mask_scores(s, rows, cols, TQ, TK, shift, window, qdoc, kdoc, MASKED, MASKED, CAUSAL,
                              HAS_WINDOW, HAS_DOC)
