@@ -17,5 +17,6 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, tp_group=None) ->
         from parallel.tensor import vocab_parallel_cross_entropy
 
         return vocab_parallel_cross_entropy(logits, labels, tp_group)
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()            # half-precision logits: the softmax in fp32; float64 stays float64
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
