@@ -234,3 +234,14 @@ def test_export_without_biases_writes_exact_zeros():
     tokens = torch.randint(3, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (hf(tokens).logits - ours(tokens)).abs().max() < 1e-12
+
+
+def test_transformers_4_config_maps_like_5():
+    """google/recurrentgemma-* config.json (transformers 4) keeps rope_theta and
+    partial_rotary_factor at the top level; transformers 5 nests them in rope_parameters."""
+    family = family_for(BASE)
+    v5 = {**BASE, "rope_parameters": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.25}}
+    v4 = {**BASE, "rope_theta": 500.0, "partial_rotary_factor": 0.25, "embeddings_scale_by_sqrt_dim": True,
+          "final_w_init_variance_scale": 0.67}
+    assert family.config_from_hf(v4) == family.config_from_hf(v5)
+    assert family.config_from_hf(BASE).rope_fraction == 0.5               # transformers' default for this family
