@@ -207,3 +207,41 @@ def test_pipeline_stages_scale_the_embedding_and_cap_the_logits():
             chunk.meta = [(positions, doc_ids)]
             h = chunk(h)
         assert torch.equal(h, ours(tokens, positions, doc_ids))
+
+
+def test_export_without_biases_writes_exact_zeros():
+    """A Griffin trained here without the linear biases exports them as zeros: same function."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from models.interop import recurrent_gemma
+
+    _, _, cfg = imported("gqa-untied")
+    cfg = type(cfg)(**{**vars(cfg), "lru_bias": False, "mlp_bias": False, "attn_out_bias": False})
+    torch.manual_seed(5)
+    ours = models.build(cfg).double().eval()
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0, 0.2)
+    hf_cfg = recurrent_gemma.config_to_hf(cfg)
+    config = AutoConfig.for_model(**hf_cfg)
+    config._attn_implementation = "sdpa"
+    hf = AutoModelForCausalLM.from_config(config).double().eval()
+    theirs = recurrent_gemma.state_to_hf(ours.state_dict(), cfg)
+    assert all(not theirs[k].any() for k in theirs if k.endswith("linear_out.bias") or k.endswith("down_proj.bias"))
+    hf.load_state_dict(theirs, strict=True)
+    lift(hf, cfg)
+    tokens = torch.randint(3, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (hf(tokens).logits - ours(tokens)).abs().max() < 1e-12
+
+
+def test_transformers_4_config_maps_like_5():
+    """google/recurrentgemma-* config.json (transformers 4) keeps rope_theta and
+    partial_rotary_factor at the top level; transformers 5 nests them in rope_parameters."""
+    family = family_for(BASE)
+    v5 = {**BASE, "rope_parameters": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.25}}
+    v4 = {**BASE, "rope_theta": 500.0, "partial_rotary_factor": 0.25, "embeddings_scale_by_sqrt_dim": True,
+          "final_w_init_variance_scale": 0.67}
+    assert family.config_from_hf(v4) == family.config_from_hf(v5)
+    assert family.config_from_hf(BASE).rope_fraction == 0.5               # transformers' default for this family
