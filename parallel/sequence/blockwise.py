@@ -6,6 +6,12 @@ kernels.attention (with global offsets so masks are exact), partial results comb
 log-sum-exp, and the backward of a block needs only q, k, v, dO, the *final* LSE and
 delta = rowsum(dO ⊙ O): P = exp(S − lse), dV = Pᵀ dO, dS = P ⊙ (dO Vᵀ − delta),
 dQ = scale · dS K, dK = scale · dSᵀ Q. No block ever needs the forward's other blocks again.
+
+On CPU both directions run torch's fused flash kernels (forward returns the LSE, backward
+consumes it), so no [n, n] score matrix exists; the mask takes its cheapest exact form
+(masks.mask_kind): none for fully visible blocks, the causal flag on the diagonal, a bias only
+for partially masked blocks (windows, documents). Elsewhere (CUDA without a fused LSE
+backward, LONGWEAVE_KERNELS=reference) the tiled materialised backward below is used.
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ import math
 import torch
 
 from kernels.attention import attention, visible_mask
+from kernels.attention.masks import mask_kind
+from kernels.dispatch import kernel_mode
 
 Q_TILE = 512  # query rows per backward tile: bounds the materialised [rows, keys] scores
 
@@ -60,6 +68,53 @@ def block_backward(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset:
     """(dq [B,n,H,D], dk, dv [B,m,Hkv,D]) of this block, in the accumulation dtype.
 
     lse [B,H,n] and delta [B,H,n] are the full (merged) row statistics of the forward."""
+    kw = dict(window=window, q_docs=q_docs, k_docs=k_docs, q_offset=q_offset, k_offset=k_offset, scale=scale)
+    if q.device.type == "cpu" and kernel_mode() != "reference":
+        return block_backward_fused(q, k, v, do, lse, delta, **kw)
+    return block_backward_tiled(q, k, v, do, lse, delta, **kw)
+
+
+def stand_in_output(do: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """A tensor O' [B,H,n,D] with rowsum(dO ⊙ O') = delta, in dO's dtype.
+
+    The fused backward reads the output only to form delta = rowsum(dO ⊙ O); a helper rank
+    holds delta (n numbers per head), not the output (n·D), so this keeps the wire small.
+    O' = dO · delta / |dO|² (0 where dO is 0, where delta is 0 too)."""
+    acc = acc_dtype(do.dtype)
+    d = do.to(acc)
+    norm = d.square().sum(-1)
+    coef = torch.where(norm > 0, delta.to(acc) / torch.where(norm > 0, norm, 1), 0)
+    return (d * coef.unsqueeze(-1)).to(do.dtype)
+
+
+def block_backward_fused(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset: int, k_offset: int,
+                         scale: float):
+    """block_backward through torch's fused CPU flash backward (no score matrix)."""
+    acc = acc_dtype(q.dtype)
+    (b, n, h, d), (m, hkv) = q.shape, k.shape[1:3]
+    kind = mask_kind(n, m, True, window, q_docs, k_docs, q_offset, k_offset)
+    bias = None
+    if kind == "masked":
+        mask = visible_mask(n, m, causal=True, window=window, q_doc_ids=q_docs, k_doc_ids=k_docs,
+                            q_offset=q_offset, k_offset=k_offset, device=q.device)
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    qt, dot = q.transpose(1, 2), do.to(q.dtype).transpose(1, 2)
+    kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+    if hkv != h:                                   # the CPU kernel has no GQA: expand, then sum back
+        kt, vt = kt.repeat_interleave(h // hkv, dim=1), vt.repeat_interleave(h // hkv, dim=1)
+    lse_k = lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+    lse_k = torch.where(torch.isinf(lse_k), torch.full_like(lse_k, float("inf")), lse_k)  # key-less rows: P = 0
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        dot, qt, kt, vt, stand_in_output(dot, delta), lse_k.contiguous(), 0.0, kind == "causal",
+        attn_mask=bias, scale=scale)
+    if hkv != h:
+        dk, dv = (g.reshape(b, hkv, h // hkv, m, d).sum(2) for g in (dk, dv))
+    return dq.transpose(1, 2).to(acc), dk.transpose(1, 2).to(acc), dv.transpose(1, 2).to(acc)
+
+
+def block_backward_tiled(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset: int, k_offset: int,
+                         scale: float):
+    """block_backward with materialised [Q_TILE, keys] scores (any device, float64-exact)."""
     acc = acc_dtype(q.dtype)
     hkv = k.shape[2]
     kf = k.to(acc).permute(0, 2, 1, 3).unsqueeze(2)                  # [B,Hkv,1,m,D]
