@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         passing, _, secs_p = train_model(arch, "passing", args, Path(args.runs))
         bound = fit_norm_bound(base, cfg, args.seed, args.device)
         T = cfg.data.seq_len
+        results["args"]["seq_len"] = T          # the trained length (LONGWEAVE_OVERRIDES may change --seq-len)
         variants = [
             ("none", base, CollapseSettings()),
             (f"forget λ={args.forget:g}", base, CollapseSettings(decay_scale=args.forget)),
