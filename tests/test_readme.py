@@ -30,7 +30,6 @@ SKIP = [
     (r"--nnodes 2 --node-rank", "needs two machines: each node runs its half of the rendezvous"),
     (r"^python -m launch slurm (?!.*--dry-run)", "submits to a SLURM queue (tests/test_slurm_cluster.py covers it)"),
     (r"^tensorboard ", "starts a web server that runs until stopped"),
-    (r"benchmarks/state_collapse\.py|^wait;", "the state-collapse experiment: two 4-10 minute training runs"),
     (r"--checkpoint runs/mamba2 ", "needs a trained Mamba-2 run (runs/mamba2), which no earlier command makes"),
     (r"--lengths 1k,2k,4k --depths 10 --trials 5", "a 150-prompt grid up to 4K tokens: minutes of CPU decoding; "
                                                    "the command before it runs the same evaluation"),
@@ -54,6 +53,23 @@ def bash_commands(readme: str) -> list[str]:
             if command and not command.startswith("#"):
                 commands.append(command)
     return commands
+
+
+def shell_steps(commands: list[str]) -> list[str]:
+    """Commands as the test runs them: one per shell, except that commands sent to the background
+    (`... &`) run in one shell with the commands up to their `wait`, as a user's terminal would."""
+    steps, pending = [], []
+    for command in commands:
+        code = command.split("#")[0].strip()
+        if pending or code.endswith("&"):
+            pending.append(command)
+            if code.startswith("wait"):
+                steps.append("\n".join(pending))
+                pending = []
+            continue
+        steps.append(command)
+    assert not pending, f"README: background commands without a `wait` after them: {pending}"
+    return steps
 
 
 def skip_reason(command: str) -> str | None:
@@ -100,7 +116,7 @@ def test_readme_commands_run_in_order(tmp_path):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("OMP_NUM_THREADS", None)   # the trainer chooses its threads (a README claim)
     ran, skipped = [], []
-    for command in bash_commands((REPO / "README.md").read_text()):
+    for command in shell_steps(bash_commands((REPO / "README.md").read_text())):
         reason = skip_reason(command)
         if reason:
             skipped.append((command, reason))
