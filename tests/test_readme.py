@@ -30,9 +30,6 @@ SKIP = [
     (r"--nnodes 2 --node-rank", "needs two machines: each node runs its half of the rendezvous"),
     (r"^python -m launch slurm (?!.*--dry-run)", "submits to a SLURM queue (tests/test_slurm_cluster.py covers it)"),
     (r"^tensorboard ", "starts a web server that runs until stopped"),
-    (r"--checkpoint runs/mamba2 ", "needs a trained Mamba-2 run (runs/mamba2), which no earlier command makes"),
-    (r"--lengths 1k,2k,4k --depths 10 --trials 5", "a 150-prompt grid up to 4K tokens: minutes of CPU decoding; "
-                                                   "the command before it runs the same evaluation"),
     (r"hf/|runs/llama3\.2-1b-64k|runs/mamba2-370m-64k|shards/(llama3|neox)/",
      "needs models downloaded from the Hugging Face Hub; tests/test_interop_readme.py runs this section with "
      "tiny stand-ins at the same paths"),
