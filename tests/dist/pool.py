@@ -42,29 +42,11 @@ def _worker(rank: int, world: int, port: int, conn) -> None:
         if msg is None:
             break
         fn, args, kwargs = msg
-        groups = set(_live_groups())
         try:
             conn.send(("ok", fn(rank, world, *args, **kwargs)))
         except BaseException:  # noqa: BLE001 - report everything to the parent
             conn.send(("err", traceback.format_exc()))
-        _destroy_new_groups(groups)
     dist.destroy_process_group()
-
-
-def _live_groups() -> list:
-    from torch.distributed import distributed_c10d as c10d
-
-    return list(c10d._world.pg_map)
-
-
-def _destroy_new_groups(before: set) -> None:
-    """Destroy the subgroups a task created (tp/sp/dp/pp groups, device meshes): each keeps gloo
-    threads polling, and hundreds of tests' worth of them would slow every later test."""
-    import torch.distributed as dist
-
-    for group in _live_groups():
-        if group not in before:
-            dist.destroy_process_group(group)
 
 
 class WorkerPool:
