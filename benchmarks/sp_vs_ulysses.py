@@ -98,6 +98,11 @@ def main() -> None:
     args = ap.parse_args()
     print(f"# gloo CPU, 1 thread per rank, B=1, H={H}, head_dim={D}, fp32, causal, median of {args.reps} "
           f"(slowest rank per call); machine shared with other jobs: ratios matter, not seconds")
+    from parallel.sequence.schedule import rank_work
+
+    print("| P | " + " | ".join(str(w) for w in range(2, 9)) + " |\n|---|" + "---|" * 7)
+    print("| busiest rank / mean (causal blocks, schedule) | "
+          + " | ".join(f"{max(rank_work(w)) / (sum(rank_work(w)) / w):.2f}" for w in range(2, 9)) + " |\n")
     print("| P | T | documents | ours fwd+bwd s | Ulysses s | ours / Ulysses | fwd bytes/rank (N·d) ours / Ulysses |")
     print("|---|---|---|---|---|---|---|")
     for t in (int(x) for x in args.seq_lens.split(",")):

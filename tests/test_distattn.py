@@ -137,3 +137,12 @@ def test_next_round_transfer_is_posted_before_this_round_compute(pool4):
         # round 1's transfer is in flight during the diagonal block, round 2's during round 1
         assert events[:2] == ["post", "compute"]
         assert events[2] == "post" and events[3] == "compute"
+
+
+@pytest.mark.parametrize("world", range(1, 9))
+def test_rank_work_adds_up_to_the_causal_triangle(world):
+    from parallel.sequence.schedule import rank_work
+
+    work = rank_work(world)
+    assert sum(work) == world * 0.5 + world * (world - 1) / 2
+    assert max(work) - min(work) <= 1            # at most one block apart (the half round)

@@ -60,3 +60,13 @@ def block_of(plan: RoundPlan, rank: int) -> tuple[int, int] | None:
 def ring_rounds(rank: int) -> int:
     """Compute rounds of rank `rank` in the plain (unbalanced) causal ring: its r+1 blocks."""
     return rank + 1
+
+
+def rank_work(world: int) -> list[float]:
+    """Causal attention work per rank under the balanced schedule, in off-diagonal blocks (a
+    diagonal block is half of one): the figures behind "busiest rank / mean"."""
+    work = [0.5] * world
+    for d in range(1, n_offdiag_rounds(world) + 1):
+        for r in range(world):
+            work[r] += block_of(round_plan(world, d, r), r) is not None
+    return work
