@@ -12,8 +12,9 @@ goal is every loader setting ≥ 10× what training consumes, so data never stal
 
 I/O per rank: data-parallel ranks (simulated in this process) together take one epoch of the shard
 corpus; the table gives the bytes each rank read over the bytes of the tokens it consumed (1.0 =
-reads only what it uses). Shards are read whole, so every rank reads every shard its rows fall in
-(→ about dp); Megatron prefixes are memory-mapped and read slice by slice.
+reads only what it uses). Shards with offsets.npy are read document by document (each rank reads
+the whole documents its rows touch: about 1 + document length / row length, at most dp);
+Megatron prefixes are memory-mapped and read slice by slice.
 """
 from __future__ import annotations
 

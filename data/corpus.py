@@ -6,6 +6,11 @@ read at start to find the first bad sample: without `skip_corrupt` that is a Cor
 naming shard and sample; with it the unreadable documents get length 0 in the layout (every
 rank computes the same layout, so all ranks still agree on every batch) and a counted warning.
 
+With per-sample offsets (offsets.npy, written by data.prepare) a document is read alone, from its
+byte range, so a data-parallel rank reads only the documents it packs (plus the ones its rows
+share with a neighbour's); without them, or for a shard found damaged at start, shards are read
+whole and cached.
+
 Damage that only shows when a shard is read mid-run (same size, bad bytes) cannot change the
 layout any more; with `skip_corrupt` the document is returned as None and the packer masks its
 tokens out of the loss (counted warning), otherwise the read raises.
@@ -17,8 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from data.manifest import Manifest, ManifestError, check_files, read_checksums, read_lengths, read_manifest
-from data.shards import read_shard
+from data.manifest import (
+    Manifest,
+    ManifestError,
+    check_files,
+    read_checksums,
+    read_lengths,
+    read_manifest,
+    read_offsets,
+)
+from data.shards import read_sample, read_shard
+
+DOC_CACHE = 64      # documents kept after a per-sample read: a row boundary splits one between two rows
 
 
 class ShardCorpus:
@@ -33,6 +48,10 @@ class ShardCorpus:
         self.written_lengths = read_lengths(self.directory, self.manifest)   # per shard, as written
         self.lengths = [x.copy() for x in self.written_lengths]              # the layout's (0 = excluded)
         self.checksums = read_checksums(self.directory, self.manifest)       # per shard, or None (version 1)
+        self.offsets = read_offsets(self.directory, self.manifest)           # per shard, or None: read whole
+        self.read_whole: set[int] = set()    # shards damaged at start: their documents come from read_shard
+        self.bytes_read = 0                  # bytes of per-sample reads (the I/O benchmark reads it)
+        self._docs: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
         self.first_doc = np.concatenate([[0], np.cumsum([len(x) for x in self.lengths])]).astype(np.int64)
         self.problems: list[tuple[str, int]] = []    # (message, documents lost), in order met
         self._cache: OrderedDict[int, list[np.ndarray | None]] = OrderedDict()
@@ -40,6 +59,7 @@ class ShardCorpus:
         for name in check_files(self.directory, self.manifest):
             s = names.index(name)
             docs, problems = self._read(s, skip_corrupt)
+            self.read_whole.add(s)
             if not problems:
                 raise ManifestError(f"shard {name} is {(self.directory / name).stat().st_size} bytes but the "
                                     f"manifest says {self.manifest.shards[s].bytes}; re-run data.prepare")
@@ -80,7 +100,24 @@ class ShardCorpus:
 
     def doc(self, s: int, i: int) -> np.ndarray | None:
         """Document i of shard s, or None when it is corrupt and skip_corrupt is on."""
-        return self.shard_docs(s)[i]
+        if self.offsets is None or s in self.read_whole:
+            return self.shard_docs(s)[i]
+        key = (s, i)
+        if key in self._docs:
+            self._docs.move_to_end(key)
+            return self._docs[key]
+        offset, size = (int(v) for v in self.offsets[s][i])
+        doc, problems = read_sample(self.directory / self.manifest.shards[s].name, offset, size,
+                                    int(self.written_lengths[s][i]), int(self.first_doc[s]), i,
+                                    None if self.checksums is None else self.checksums[s][i],
+                                    self.manifest.vocab_size, self.skip_corrupt)
+        self.bytes_read += size
+        for p in problems:
+            self.report(p)
+        self._docs[key] = doc
+        while len(self._docs) > DOC_CACHE:
+            self._docs.popitem(last=False)
+        return doc
 
     def locate(self, global_doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shard, index in shard) of global document indices."""

@@ -7,7 +7,8 @@
 
 `lengths.npy` holds every document's token count in shard order; `checksums.npy` (version 2)
 the CRC-32 of every sample's stored bytes, in the same order, which the reader verifies as it
-reads. A version-1 manifest (no checksums) is still read, with a one-line warning that byte
+reads; `offsets.npy` (optional, "offsets") where each sample's bytes start inside its tar and
+how many there are, so a data-parallel rank reads only the documents it packs. A version-1 manifest (no checksums) is still read, with a one-line warning that byte
 damage in token data cannot be detected until data.prepare is re-run. The top-level document
 and token totals must equal the per-shard sums. The loader lays out its
 whole token stream from it without reading a shard, which is what makes its order a pure
@@ -30,6 +31,7 @@ FORMAT = "longweave-shards"
 MANIFEST = "manifest.json"
 LENGTHS = "lengths.npy"
 CHECKSUMS = "checksums.npy"
+OFFSETS = "offsets.npy"
 
 
 class ManifestError(DataError):
@@ -55,6 +57,7 @@ class Manifest:
     created: dict = field(default_factory=dict)
     lengths_file: str = LENGTHS
     checksums_file: str = ""          # "" = written before checksums existed (version 1)
+    offsets_file: str = ""            # "" = no per-sample byte offsets: shards are read whole
 
     @property
     def documents(self) -> int:
@@ -65,7 +68,8 @@ class Manifest:
         return sum(s.tokens for s in self.shards)
 
     def to_json(self) -> dict:
-        extra = {"checksums": self.checksums_file} if self.checksums_file else {}
+        extra = {**({"checksums": self.checksums_file} if self.checksums_file else {}),
+                 **({"offsets": self.offsets_file} if self.offsets_file else {})}
         return {"format": FORMAT, "version": 2 if self.checksums_file else 1, "tokenizer": self.tokenizer,
                 "vocab_size": self.vocab_size, "eos": self.eos, "dtype": self.dtype, "documents": self.documents,
                 "tokens": self.tokens, "lengths": self.lengths_file, **extra, "shards": [vars(s) for s in self.shards],
@@ -91,7 +95,7 @@ def read_manifest(directory: str | Path) -> Manifest:
                   for s in raw["shards"]]
         m = Manifest(raw["tokenizer"], int(raw["vocab_size"]), int(raw["eos"]), raw["dtype"], shards,
                      raw.get("skipped", {}), raw.get("created", {}), raw.get("lengths", LENGTHS),
-                     raw.get("checksums", ""))
+                     raw.get("checksums", ""), raw.get("offsets", ""))
         totals = {"documents": int(raw["documents"]), "tokens": int(raw["tokens"])}
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path} is malformed ({type(e).__name__}: {e}); re-run data.prepare") from None
@@ -143,6 +147,28 @@ def read_checksums(directory: str | Path, manifest: Manifest) -> list[np.ndarray
 
 
 _warned_unchecked: set[str] = set()
+
+
+def read_offsets(directory: str | Path, manifest: Manifest) -> list[np.ndarray] | None:
+    """Per-shard [n, 2] arrays of (byte offset, byte size) of each sample's token payload inside its
+    tar, or None where the manifest has none (shards from an older data.prepare are read whole)."""
+    if not manifest.offsets_file:
+        return None
+    path = Path(directory) / manifest.offsets_file
+    try:
+        flat = np.load(path).astype(np.int64)
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"{path} (sample offsets) cannot be read ({e}); re-run data.prepare") from None
+    if flat.shape != (manifest.documents, 2):
+        raise ManifestError(f"{path} has shape {flat.shape}, expected ({manifest.documents}, 2) for the manifest's "
+                            "documents; re-run data.prepare")
+    bounds = np.cumsum([0] + [s.documents for s in manifest.shards])
+    parts = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    for s, part in zip(manifest.shards, parts):
+        if len(part) and (part.min() < 0 or int((part[:, 0] + part[:, 1]).max()) > s.bytes):
+            raise ManifestError(f"{path}: a sample of shard {s.name} lies outside its {s.bytes} bytes; "
+                                "re-run data.prepare")
+    return parts
 
 
 def check_files(directory: str | Path, manifest: Manifest) -> list[str]:

@@ -53,6 +53,11 @@ class ConcatPlan:
         offset, length, rows = spec
         return {"offset": offset + rows * length, "step": int(state["step"]) + 1}
 
+    def epoch_events(self, before: dict, after: dict) -> list[str]:
+        """The line logged when the corpus runs dry and its next (reshuffled) epoch starts."""
+        return epoch_messages(f"the corpus {self.stream.corpus.directory}", self.stream.epoch_tokens,
+                              int(before["offset"]), int(after["offset"]))
+
     def materialize(self, spec: tuple, dp_rank: int) -> Rows:
         offset, length, _ = spec
         b = self.batch_size
@@ -116,6 +121,13 @@ class DDPlan:
         consumed = list(consumed)
         consumed[k] = start + rows
         return {"cycle": cycle, "consumed": consumed, "step_in_cycle": in_cycle + 1, "step": int(state["step"]) + 1}
+
+    def epoch_events(self, before: dict, after: dict) -> list[str]:
+        """The line logged when every bucket has run dry and the next (reshuffled) cycle starts."""
+        if int(after["cycle"]) <= int(before["cycle"]):
+            return []
+        return [f"data: the corpus {self.corpus.directory} ran dry (Dataset Decomposition cycle "
+                f"{int(before['cycle'])}); starting cycle {int(after['cycle'])}, reshuffled"]
 
     def order(self, cycle: int, k: int) -> np.ndarray:
         """Piece order of bucket k in a cycle: shards permuted, pieces shuffled within each shard."""

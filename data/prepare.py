@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from data.errors import DataError
-from data.manifest import CHECKSUMS, LENGTHS, MANIFEST, Manifest
+from data.manifest import CHECKSUMS, LENGTHS, MANIFEST, OFFSETS, Manifest
 from data.shards import ShardWriter, token_dtype
 from data.synthetic import synthetic_document
 from data.tokenizer import TokenizerError, get_tokenizer
@@ -218,13 +218,15 @@ def prepare(args) -> Manifest | np.ndarray:
     progress.update(0, 0, len(shards), final=True)
     np.save(out / LENGTHS, lengths)
     np.save(out / CHECKSUMS, np.asarray(writer.checksums, dtype=np.uint32))
+    np.save(out / OFFSETS, np.asarray(writer.offsets, dtype=np.int64).reshape(-1, 2))
     seconds = time.perf_counter() - t0
     manifest = Manifest(
         tokenizer.name, int(tokenizer.vocab_size), int(tokenizer.eos), dtype, shards, skipped.to_json(),
         {"args": sys.argv[1:] if args.argv is None else args.argv, "time": datetime.now(timezone.utc).isoformat(),
          "inputs": args.input or args.input_hf, "synthetic": args.synthetic, "seed": args.seed, "shard_tokens": args.shard_tokens,
          "workers": args.workers, "seconds": round(seconds, 3),
-         "tokens_per_second": round(int(lengths.sum()) / max(seconds, 1e-9), 1)}, checksums_file=CHECKSUMS)
+         "tokens_per_second": round(int(lengths.sum()) / max(seconds, 1e-9), 1)}, checksums_file=CHECKSUMS,
+        offsets_file=OFFSETS)
     manifest.write(out)
     for path, counts in skipped.files.items():
         print(f"warning: skipped {sum(counts.values())} document(s) from {path}: "

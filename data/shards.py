@@ -13,6 +13,7 @@ counted with data.skip_corrupt; it never silently yields different tokens.
 from __future__ import annotations
 
 import io
+import tarfile
 import zlib
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class ShardWriter:
         self.shards: list[ShardInfo] = []
         self.lengths: list[int] = []
         self.checksums: list[int] = []
+        self.offsets: list[tuple[int, int]] = []    # (payload offset in its tar, payload bytes) per sample
         self._tar: wds.TarWriter | None = None
         self._fh = None
         self._docs = self._tokens = 0
@@ -78,6 +80,7 @@ class ShardWriter:
         self._tar.close()
         self._fh.close()
         size = (self.directory / self._name).stat().st_size
+        self.offsets.extend(payload_offsets(self.directory / self._name))
         self.shards.append(ShardInfo(self._name, self._docs, self._tokens, size))
         self._tar = self._fh = None
 
@@ -103,6 +106,55 @@ class ShardWriter:
         return self.shards, np.asarray(self.lengths, dtype=np.int64)
 
 
+def payload_offsets(path: str | Path) -> list[tuple[int, int]]:
+    """(offset, size) of every member's bytes in a tar, in order; reads the headers only."""
+    with tarfile.open(path, "r:") as tar:
+        return [(m.offset_data, m.size) for m in tar.getmembers() if m.isfile()]
+
+
+def decode_sample(data: bytes, length: int, checksum: int | None, vocab_size: int | None
+                  ) -> tuple[np.ndarray | None, str]:
+    """A sample's tokens checked against its recorded length, CRC-32 and the vocabulary, or
+    (None, what is wrong)."""
+    if checksum is not None and zlib.crc32(data) != int(checksum):
+        return None, f"checksum mismatch (CRC-32 {zlib.crc32(data):08x}, manifest {int(checksum):08x})"
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+        if arr.ndim != 1 or len(arr) != length:
+            raise ValueError(f"{arr.shape} tokens, lengths.npy says {int(length)}")
+    except Exception as e:  # noqa: BLE001 - any decode failure is a corrupt sample
+        return None, f"cannot decode tokens ({e})"
+    top = int(arr.max()) if vocab_size is not None else -1
+    if vocab_size is not None and top >= vocab_size:
+        return None, f"token id {top} >= the tokenizer's vocab_size {vocab_size}"
+    return arr, ""
+
+
+def sample_error(path: Path, first_doc: int, i: int, why: str, skip_corrupt: bool, lost: int = 1
+                 ) -> tuple[str, int]:
+    """The (message, documents lost) of a bad sample; raises CorruptShardError unless skip_corrupt."""
+    msg = f"shard {path.name} sample {sample_key(first_doc + i)} (#{i} in shard): {why}"
+    if not skip_corrupt:
+        raise CorruptShardError(msg + "; re-run data.prepare or set data.skip_corrupt=true")
+    return msg + (f"; {lost} documents lost" if lost > 1 else ""), lost
+
+
+def read_sample(path: str | Path, offset: int, size: int, length: int, first_doc: int, i: int,
+                checksum: int | None, vocab_size: int | None, skip_corrupt: bool = False
+                ) -> tuple[np.ndarray | None, list[tuple[str, int]]]:
+    """Sample i of one shard alone, from its recorded byte range (what a data-parallel rank reads
+    instead of the whole shard); checked as read_shard checks every sample."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size)
+    arr, why = (None, f"shard ends inside the sample ({len(data)} of {size} bytes)") if len(data) != size \
+        else decode_sample(data, length, checksum, vocab_size)
+    if arr is None:
+        return None, [sample_error(path, first_doc, i, why, skip_corrupt)]
+    return arr, []
+
+
 def read_shard(path: str | Path, lengths: np.ndarray, first_doc: int, skip_corrupt: bool = False,
                checksums: np.ndarray | None = None, vocab_size: int | None = None,
                ) -> tuple[list[np.ndarray | None], list[tuple[str, int]]]:
@@ -119,10 +171,7 @@ def read_shard(path: str | Path, lengths: np.ndarray, first_doc: int, skip_corru
     problems: list[tuple[str, int]] = []
 
     def bad(i: int, why: str, lost: int = 1) -> None:
-        msg = f"shard {path.name} sample {sample_key(first_doc + i)} (#{i} in shard): {why}"
-        if not skip_corrupt:
-            raise CorruptShardError(msg + "; re-run data.prepare or set data.skip_corrupt=true")
-        problems.append((msg + (f"; {lost} documents lost" if lost > 1 else ""), lost))
+        problems.append(sample_error(path, first_doc, i, why, skip_corrupt, lost))
 
     i, broken = 0, False
     try:
@@ -135,21 +184,11 @@ def read_shard(path: str | Path, lengths: np.ndarray, first_doc: int, skip_corru
                 fname, data = item["fname"], item["data"]
                 if fname != f"{sample_key(first_doc + i)}.{MEMBER}":
                     bad(i, f"unexpected member {fname!r}")
-                elif checksums is not None and zlib.crc32(data) != int(checksums[i]):
-                    bad(i, f"checksum mismatch (CRC-32 {zlib.crc32(data):08x}, manifest {int(checksums[i]):08x})")
                 else:
-                    try:
-                        arr = np.load(io.BytesIO(data), allow_pickle=False)
-                        if arr.ndim != 1 or len(arr) != lengths[i]:
-                            raise ValueError(f"{arr.shape} tokens, lengths.npy says {int(lengths[i])}")
-                    except Exception as e:  # noqa: BLE001 - any decode failure is a corrupt sample
-                        bad(i, f"cannot decode tokens ({e})")
-                    else:
-                        top = int(arr.max()) if vocab_size is not None else -1
-                        if vocab_size is not None and top >= vocab_size:
-                            bad(i, f"token id {top} >= the tokenizer's vocab_size {vocab_size}")
-                        else:
-                            docs[i] = arr
+                    docs[i], why = decode_sample(data, lengths[i], None if checksums is None else checksums[i],
+                                                 vocab_size)
+                    if docs[i] is None:
+                        bad(i, why)
                 i += 1
     except CorruptShardError:
         raise

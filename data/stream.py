@@ -81,8 +81,8 @@ class PlanLoader:
         self._note(problems)
         spec = self.plan.spec(self.state)
         before, self.state = self.state, self.plan.advance(self.state, spec)
-        for msg in getattr(self.plan, "epoch_events", lambda a, b: [])(before, self.state):
-            self.log(msg)                   # a mixture's source ran dry: its next epoch starts
+        for msg in self.plan.epoch_events(before, self.state):
+            self.log(msg)                   # a corpus (or a mixture's source) ran dry: its next epoch starts
         rows = torch.as_tensor(rows)
         return Batch(rows[0], rows[1], rows[2], rows[3].int())
 

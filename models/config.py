@@ -67,6 +67,9 @@ class ModelConfig:
     lru_width: int = opt(0, "Griffin RG-LRU width (0 = d_model)")
     lru_heads: int = opt(0, "Griffin blocks of the block-diagonal gates (0 = n_heads)")
     lru_c: float = opt(8.0, "RG-LRU gate constant c (a = sigmoid(Lambda)^(c*r))")
+    lru_bias: bool = opt(False, "biases on the Griffin block's linear_x, linear_y and linear_out (RecurrentGemma)")
+    lru_scale_first: bool = opt(True, "RG-LRU scales a document's first input by sqrt(1-a^2) too "
+                                "(false: position 0 enters unscaled, as RecurrentGemma)")
     # state-collapse mitigations for M and R (models/collapse.py); the defaults switch them off
     collapse_decay_scale: float = opt(1.0, "λ ≥ 1 forgets more: a → a^λ (Δ·A → λ·Δ·A)")
     collapse_write_scale: float = opt(1.0, "γ ≤ 1 shrinks the written term u → γ·u")
@@ -75,6 +78,9 @@ class ModelConfig:
     collapse_window: int = opt(0, "state-difference sliding window in tokens (0 = off)")
     # common
     norm_eps: float = opt(1e-6, "RMSNorm epsilon")
+    norm_unit_offset: bool = opt(False, "RMSNorm weights stored as w and applied as 1 + w (Gemma)")
+    embed_scale: float = opt(1.0, "embeddings are multiplied by this (RecurrentGemma: sqrt(d_model) in bfloat16)")
+    logit_soft_cap: float = opt(0.0, "logits become tanh(logits / c) * c (Gemma; 0 = off)")
     tie_embeddings: bool = opt(True, "share the input embedding with the output head")
     init_std: float = opt(0.02, "standard deviation of the weight initialisation")
 
@@ -116,6 +122,8 @@ class ModelConfig:
         validate_rope(self)
         if self.mlp_type not in ("swiglu", "geglu"):
             raise ValueError(f"model.mlp_type={self.mlp_type!r} must be 'swiglu' or 'geglu'")
+        if not self.embed_scale > 0 or self.logit_soft_cap < 0:
+            raise ValueError("model.embed_scale must be > 0 and model.logit_soft_cap >= 0 (0 = off)")
         if self.window <= 0:
             raise ValueError("model.window must be a positive number of tokens")
         from models.collapse import settings_from, validate

@@ -8,9 +8,12 @@ RG-LRU:  r_t = σ(W_a u_t + b_a),  i_t = σ(W_x u_t + b_x)   (block-diagonal W, 
          h_t = a_t ⊙ h_{t−1} + √(1 − a_t²) ⊙ (i_t ⊙ u_t)
 Λ is initialised so that a^c = σ(Λ)^c is uniform in [0.9, 0.999]. The state is
 (conv tail [B, k−1, width], h [B, width]); forward and step share it (see models/mamba2.py).
-Difference from the reference code: the first token of a document is scaled by √(1 − a²) like
-every other (recurrentgemma skips the scaling there); it keeps forward, step and state
-passing one formula, and is equally learnable.
+By default the first token of a document is scaled by √(1 − a²) like every other; it keeps
+forward, step and state passing one formula, and is equally learnable. RecurrentGemma instead
+lets a document's first token (position 0, where its state resets) in unscaled:
+model.lru_scale_first=false does the same in forward (step always continues a document: the
+first token of one goes through forward, as generate's prefill does). model.lru_bias adds
+biases on linear_x/linear_y/linear_out, as RecurrentGemma checkpoints have.
 """
 from __future__ import annotations
 
@@ -81,14 +84,17 @@ class RGLRU(nn.Module):
         a = ac ** (1.0 / self.c)
         self.a_param.copy_(torch.log(a) - torch.log1p(-a))                             # Λ = logit(a)
 
-    def coefficients(self, u: torch.Tensor):
-        """(a, scaled input) for u [..., width], in float32/float64: h_t = a_t·h_{t−1} + b_t."""
+    def coefficients(self, u: torch.Tensor, unscaled: torch.Tensor | None = None):
+        """(a, scaled input) for u [..., width], in float32/float64: h_t = a_t·h_{t−1} + b_t.
+        Tokens where the bool mask `unscaled` [...] is set enter without the √(1 − a²) scale."""
         work = torch.float64 if u.dtype == torch.float64 else torch.float32
         r = torch.sigmoid(self.gate_a(u)).to(work)
         i = torch.sigmoid(self.gate_x(u)).to(work)
         log_a = -self.c * F.softplus(-self.a_param.to(work)) * r
         a = torch.exp(log_a)
         scale = SqrtBoundedDerivative.apply(-torch.expm1(2 * log_a))   # 1 − a², no cancellation
+        if unscaled is not None:
+            scale = torch.where(unscaled[..., None], torch.ones_like(scale), scale)
         return a, scale * (i * u.to(work))
 
 
@@ -98,13 +104,14 @@ class GriffinRecurrent(nn.Module):
         self.layer_idx = layer_idx
         self.width = cfg.lru_width or cfg.d_model
         self.conv_width = cfg.conv_width
-        self.linear_y = nn.Linear(cfg.d_model, self.width, bias=False)
-        self.linear_x = nn.Linear(cfg.d_model, self.width, bias=False)
+        self.scale_first = cfg.lru_scale_first
+        self.linear_y = nn.Linear(cfg.d_model, self.width, bias=cfg.lru_bias)
+        self.linear_x = nn.Linear(cfg.d_model, self.width, bias=cfg.lru_bias)
         self.conv_weight = nn.Parameter(torch.empty(self.width, self.conv_width))
         self.conv_bias = nn.Parameter(torch.empty(self.width))
         self.rglru = RGLRU(self.width, cfg.lru_heads or cfg.n_heads, cfg.lru_c)
         self.collapse = settings_from(cfg)      # state-collapse mitigations (off by default)
-        self.linear_out = nn.Linear(self.width, cfg.d_model, bias=False)
+        self.linear_out = nn.Linear(self.width, cfg.d_model, bias=cfg.lru_bias)
         self.linear_out.is_residual_out = True
         self.reset_parameters()
 
@@ -120,7 +127,7 @@ class GriffinRecurrent(nn.Module):
         u_in = self.linear_x(x)
         conv_init, h_init = split_initial_state(ctx, self.layer_idx)
         u = mixer_conv(ctx, "Griffin", u_in, self.conv_weight, self.conv_bias, conv_init, None)
-        a, b = self.rglru.coefficients(u)
+        a, b = self.rglru.coefficients(u, None if self.scale_first else ctx.positions == 0)
         if self.collapse.active:
             h, state = scan_forward(self.collapse, linear_scan, a, b, initial_state=h_init, doc_ids=ctx.doc_ids,
                                     heads=self.rglru.gate_a.blocks, sp=ctx.sp, return_window_cache=ctx.return_states)

@@ -22,8 +22,8 @@ def griffin_tp_check(cfg, tp: int) -> str | None:
 register(MixerSpec(
     "R", "Griffin recurrent block", module_class=GriffinRecurrent, build=GriffinRecurrent,
     validate=validate_griffin,
-    config_fields=("lru_width", "lru_heads", "lru_c", "conv_width", "collapse_decay_scale", "collapse_write_scale",
-                   "collapse_state_norm", "collapse_norm_chunk", "collapse_window"),
+    config_fields=("lru_width", "lru_heads", "lru_c", "lru_bias", "lru_scale_first", "conv_width",
+                   "collapse_decay_scale", "collapse_write_scale", "collapse_state_norm", "collapse_norm_chunk", "collapse_window"),
     flops=lambda m, seq_len: m.flops_per_token(seq_len),
     tp_plan="parallel.tensor.recurrent:shard_griffin", tp_check=griffin_tp_check,
     sp_hooks=("causal_conv1d", "linear_scan"), state_heads=lambda m: m.rglru.gate_a.blocks,

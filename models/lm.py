@@ -25,7 +25,7 @@ class Block(nn.Module):
     def __init__(self, symbol: str, layer_idx: int, mixer: nn.Module, cfg: ModelConfig):
         super().__init__()
         self.symbol, self.layer_idx = symbol, layer_idx
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_unit_offset)
         self.mixer = mixer
 
     def forward(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
@@ -42,6 +42,17 @@ class Block(nn.Module):
 def make_mixer(symbol: str, cfg: ModelConfig, layer_idx: int) -> nn.Module:
     """The sublayer a pattern symbol names, built by its registered MixerSpec."""
     return mixer_spec(symbol).build(cfg, layer_idx)
+
+
+def scale_embedding(h: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Embeddings times model.embed_scale (Gemma's sqrt(d_model)); untouched at the default 1."""
+    return h if cfg.embed_scale == 1.0 else h * cfg.embed_scale
+
+
+def soft_cap(logits: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """tanh(logits / c) · c with c = model.logit_soft_cap (Gemma); untouched at the default 0."""
+    c = cfg.logit_soft_cap
+    return logits if not c else torch.tanh(logits / c) * c
 
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
@@ -65,7 +76,7 @@ class LanguageModel(nn.Module):
         self.layers = nn.ModuleList(
             Block(s, i, make_mixer(s, cfg, i), cfg) for i, s in enumerate(self.symbols)
         )
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_unit_offset)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
 
@@ -83,7 +94,7 @@ class LanguageModel(nn.Module):
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, 0.0, std)
             elif isinstance(m, RMSNorm):
-                nn.init.ones_(m.weight)
+                m.reset_parameters()
         for block in self.layers:
             if hasattr(block.mixer, "reset_parameters"):
                 block.mixer.reset_parameters()
@@ -93,6 +104,13 @@ class LanguageModel(nn.Module):
 
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return scale_embedding(self.embed(tokens), self.cfg)
+
+    def output_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (the local vocab shard under tensor parallel) from the last block's output."""
+        return soft_cap(torch.nn.functional.linear(self.norm(h), self.head_weight()), self.cfg)
 
     def forward(
         self,
@@ -112,11 +130,10 @@ class LanguageModel(nn.Module):
             positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         ctx = MixerContext(positions=positions, doc_ids=doc_ids, initial_states=initial_states,
                            return_states=return_states, sp=sp)
-        h = self.embed(tokens)
+        h = self.embed_tokens(tokens)
         for block in self.layers:
             h = block(h, ctx)
-        h = self.norm(h)
-        logits = torch.nn.functional.linear(h, self.head_weight())
+        logits = self.output_logits(h)
         self.last_state_norms = ctx.state_norms
         return (logits, ctx.final_states) if return_states else logits
 
@@ -129,13 +146,13 @@ class LanguageModel(nn.Module):
     def step(self, tokens: torch.Tensor, caches: dict[int, Any]):
         """One token per row, tokens [B] -> (logits [B, V], next caches). The caches come from
         init_cache or from forward(..., return_states=True) (prefill)."""
-        h = self.embed(tokens)
+        h = self.embed_tokens(tokens)
         new_caches = dict(caches)
         for i, block in enumerate(self.layers):
             h, cache = block.step(h, caches.get(i))
             if cache is not None:
                 new_caches[i] = cache
-        return torch.nn.functional.linear(self.norm(h), self.head_weight()), new_caches
+        return self.output_logits(h), new_caches
 
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
         """Prefill with the parallel path, then step; greedy by default (models/generate.py)."""

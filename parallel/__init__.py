@@ -53,6 +53,13 @@ def parallelize(model: nn.Module, pstate: ParallelState, opts: EngineOptions, de
 
         apply_tensor_parallel(model, pstate.mesh["tp"])
         grad_sync = align_grads(list(model.parameters()))
+    if opts.loss_chunk:
+        if runner is not None:
+            raise LayoutError("train.loss_chunk (chunked cross-entropy) does not run under pipeline parallelism; "
+                              "set train.loss_chunk=0 or parallel.pp=1")
+        from parallel.loss import apply_chunked_loss
+
+        apply_chunked_loss(model, opts.loss_chunk, pstate.tp_group)
     if opts.activation_checkpointing:
         apply_activation_checkpointing(model)
     if opts.compile:

@@ -107,12 +107,23 @@ class Engine:
         loss_sum = torch.zeros((), dtype=torch.float64)
         for i, b in enumerate(batches):
             with self.sync_context(last=i == len(batches) - 1):
-                ce = token_loss_sum(self.forward(b, hooks), b.labels, self.pstate.tp_group)
+                ce = self.loss_sum(b, hooks)
                 self.backward(ce * scale)
             loss_sum += ce.detach().double().cpu()
         if self.grad_sync is not None:
             self.grad_sync()
         return loss_sum
+
+    def loss_sum(self, b, hooks: ForwardHooks | None) -> torch.Tensor:
+        """Summed cross-entropy of micro-batch `b`; with train.loss_chunk the model computes it
+        chunk by chunk inside its forward (parallel/loss.py), never holding all the logits."""
+        if not self.opts.loss_chunk:
+            return token_loss_sum(self.forward(b, hooks), b.labels, self.pstate.tp_group)
+        self.module.loss_labels = b.labels
+        try:
+            return self.forward(b, hooks)
+        finally:
+            self.module.loss_labels = None
 
     def forward(self, b, hooks: ForwardHooks | None) -> torch.Tensor:
         """The logits of micro-batch `b` (hooks may add initial states and read final ones)."""

@@ -19,6 +19,7 @@ from parallel.layout import ParallelState, setup_parallel
 from train.config import Config, ConfigError
 from train.length_gen import LengthGen, build_length_gen
 from train.optim import build_optimizer
+from train.plan import check_memory
 from train.preemption import StopFlag
 
 
@@ -33,6 +34,7 @@ class Run:
     stop: StopFlag
     n_params: int
     flops_by_len: dict[int, float]      # model FLOPs per token at every row length the data can produce
+    plan_line: str = ""                 # the memory plan's one-line summary (train/plan.py)
 
     @property
     def is_main(self) -> bool:
@@ -55,7 +57,7 @@ def engine_options(cfg: Config) -> EngineOptions:
     return EngineOptions(engine=p.engine, zero_stage=p.zero_stage, pp_schedule=p.pp_schedule,
                          pp_microbatches=p.pp_microbatches, seq_len=cfg.data.seq_len,
                          micro_batch_size=cfg.data.batch_size, grad_accum=t.grad_accum, grad_clip=cfg.optim.grad_clip,
-                         activation_checkpointing=t.activation_checkpointing, compile=t.compile,
+                         activation_checkpointing=t.activation_checkpointing, compile=t.compile, loss_chunk=t.loss_chunk,
                          bf16=t.dtype in ("auto", "bfloat16"))
 
 
@@ -91,6 +93,9 @@ def build_run(cfg: Config) -> Run:
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     stop = StopFlag(cfg.train.time_limit).install()   # first: a signal during set-up must not kill the rank
     pstate = setup_parallel(cfg.parallel, cfg.model, cfg.data.batch_size, device)
+    plan_line = check_memory(cfg, pstate.world, device)    # before any allocation: a misfit is one line
+    if pstate.rank == 0:
+        print(plan_line, flush=True)
     torch.manual_seed(cfg.train.seed)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -98,4 +103,4 @@ def build_run(cfg: Config) -> Run:
     engine = parallelize(model, pstate, engine_options(cfg), device,
                          lambda module: build_optimizer(module, cfg.optim, device))
     loader, length_gen = build_data(cfg, engine, pstate)
-    return Run(cfg, device, pstate, engine, loader, length_gen, stop, n_params, flops_by_len)
+    return Run(cfg, device, pstate, engine, loader, length_gen, stop, n_params, flops_by_len, plan_line)

@@ -116,6 +116,8 @@ class TrainConfig:
     dtype: str = choice("auto", "float32", "bfloat16", "float64", help="compute precision (auto: bf16 autocast on GPU, fp32 on CPU)")
     activation_checkpointing: bool = opt(False, "recompute block activations in the backward pass to save memory")
     compile: bool = opt(False, "torch.compile the model")
+    loss_chunk: int = opt(0, "chunked cross-entropy: tokens per chunk, never all [B, T, vocab] logits at once "
+                             "(0 = plain loss)")
     deterministic: bool = opt(True, "use deterministic algorithms (bitwise reproducible on CPU)")
     log_every: int = opt(10, "steps between console lines and TensorBoard scalars")
     time_limit: float = opt(0.0, "minutes; save and exit with the requeue code before this limit (0 = none)")

@@ -10,7 +10,8 @@ import math
 POSITIVE_INT = ("data.seq_len", "data.batch_size", "train.steps", "train.grad_accum", "train.log_every",
                 "parallel.tp", "parallel.pp", "parallel.sp", "parallel.pp_microbatches", "train.max_nonfinite")
 NON_NEGATIVE = ("optim.warmup_steps", "checkpoint.every", "checkpoint.keep_last", "eval.every", "data.num_workers",
-                "train.time_limit", "train.threads", "optim.weight_decay", "optim.grad_clip", "optim.min_lr_ratio")
+                "train.time_limit", "train.threads", "optim.weight_decay", "optim.grad_clip", "optim.min_lr_ratio",
+                "train.loss_chunk")
 
 
 def _get(cfg, key: str):

@@ -16,7 +16,7 @@ from types import ModuleType
 
 from models.interop.common import InteropError
 
-FAMILY_MODULES = ("llama", "mamba2")
+FAMILY_MODULES = ("llama", "mamba2", "recurrent_gemma")
 
 
 def families() -> dict[str, ModuleType]:
@@ -42,13 +42,14 @@ def family_for(hf_config: dict) -> ModuleType:
 
 
 def family_for_model(cfg) -> ModuleType:
-    """The family whose layer symbols cover cfg's pattern (Llama family for * W -, ...)."""
+    """The family whose layer symbols cover cfg's pattern (Llama family for * W -, ...); a family
+    whose `claims(cfg)` holds comes first (RecurrentGemma for a W- stack with Gemma features)."""
     from models.interop.common import refuse, symbols
 
     used = set(symbols(cfg))
-    for mod in dict.fromkeys(families().values()):
-        if used <= set(mod.SYMBOLS):
-            return mod
+    candidates = [mod for mod in dict.fromkeys(families().values()) if used <= set(mod.SYMBOLS)]
+    for mod in sorted(candidates, key=lambda m: not (hasattr(m, "claims") and m.claims(cfg))):
+        return mod
     refuse(f"pattern {cfg.pattern!r}", "no Hugging Face family maps this mix of layers")
 
 

@@ -39,6 +39,14 @@ def check_all_used(state: dict, used: set[str], ignore=()) -> None:
                            "(a feature longweave does not map)")
 
 
+def refuse_gemma_features(cfg, family: str) -> None:
+    """Families without Gemma's norm offset, embedding scale or logit soft-cap refuse them."""
+    for on, feature in ((cfg.norm_unit_offset, "norm_unit_offset=true"), (cfg.embed_scale != 1.0, "embed_scale != 1"),
+                        (cfg.logit_soft_cap > 0, "logit_soft_cap > 0")):
+        if on:
+            refuse(feature, f"{family} models do not have it")
+
+
 def pattern_string(layers: list[str]) -> str:
     """'(*-)xN' when every layer is the same, else the layers written out."""
     if len(set(layers)) == 1:

@@ -20,6 +20,7 @@ from models.interop.common import (
     need,
     pattern_string,
     refuse,
+    refuse_gemma_features,
     rope_from_hf,
     rope_to_hf,
     symbols,
@@ -128,6 +129,7 @@ def model_type_for(cfg: ModelConfig) -> str:
         refuse(f"pattern {cfg.pattern!r}", "Llama-family exports need (attention, MLP) pairs of '*' or 'W' and '-'")
     if cfg.mlp_type != "swiglu":
         refuse(f"mlp_type={cfg.mlp_type!r}", "Llama-family models use SwiGLU")
+    refuse_gemma_features(cfg, "Llama-family")
     if cfg.rope_fraction != 1.0:
         refuse("rope_fraction < 1", "Llama-family models rotate whole heads")
     if cfg.attn_qkv_bias and not cfg.attn_out_bias:

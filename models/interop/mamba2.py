@@ -15,7 +15,15 @@ import math
 import torch
 
 from models.config import ModelConfig
-from models.interop.common import InteropError, check_all_used, need, refuse, symbols, take
+from models.interop.common import (
+    InteropError,
+    check_all_used,
+    need,
+    refuse,
+    refuse_gemma_features,
+    symbols,
+    take,
+)
 
 MODEL_TYPES = ("mamba2", "mamba_ssm")
 SYMBOLS = "M"
@@ -149,6 +157,7 @@ def state_to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
 def config_to_hf(cfg: ModelConfig, base: dict | None = None) -> dict:
     if set(symbols(cfg)) != {"M"}:
         refuse(f"pattern {cfg.pattern!r}", "Mamba2ForCausalLM has Mamba-2 layers only")
+    refuse_gemma_features(cfg, "Mamba-2")
     keep = {k: base[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if base and k in base}
     d_inner = cfg.ssm_expand * cfg.d_model
     hf = {**keep, "model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"], "vocab_size": cfg.vocab_size,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from models.context import MixerContext
-from models.lm import no_weight_decay_names
+from models.lm import no_weight_decay_names, scale_embedding, soft_cap
 
 
 class LayerDict(nn.ModuleDict):
@@ -42,7 +42,8 @@ class OutputHead(nn.Module):
         self._owner = [owner]          # head_weight(): the local vocab shard under tensor parallel
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(self.norm(h), self._owner[0].head_weight())
+        owner = self._owner[0]
+        return soft_cap(nn.functional.linear(self.norm(h), owner.head_weight()), owner.cfg)
 
 
 class PipelineModel(nn.Module):
@@ -85,7 +86,7 @@ class StageChunk(nn.Module):
         owner = self._owner[0]
         positions, doc_ids = self.meta[self.mb_index]
         ctx = MixerContext(positions=positions, doc_ids=doc_ids, sp=self.sp)
-        h = owner.embed(x) if self.first else x
+        h = scale_embedding(owner.embed(x), owner.cfg) if self.first else x
         for i in self.ids:
             h = owner.layers[i](h, ctx)
         if self.last:
