@@ -20,6 +20,7 @@ import math
 import torch
 
 from kernels.attention import attention, visible_mask
+from kernels.attention.doc_pieces import buckets, contiguous_documents, piece_bounds, single_document_rows
 from kernels.attention.masks import mask_kind
 from kernels.dispatch import kernel_mode
 
@@ -118,8 +119,41 @@ def block_backward(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset:
         return dq, dk, dv
     kw = dict(window=window, q_docs=q_docs, k_docs=k_docs, q_offset=q_offset, k_offset=k_offset, scale=scale)
     if q.device.type == "cpu" and kernel_mode() != "reference":
+        if window is None and q_offset == k_offset and diagonal_pieces(q_docs, k_docs):
+            return pieces_backward(q, k, v, do, lse, delta, q_docs, scale)
         return block_backward_fused(q, k, v, do, lse, delta, **kw)
     return block_backward_tiled(q, k, v, do, lse, delta, **kw)
+
+
+def diagonal_pieces(q_docs, k_docs) -> bool:
+    """A diagonal block of several contiguous documents: its backward runs per document."""
+    return (q_docs is not None and (q_docs is k_docs or torch.equal(q_docs, k_docs))
+            and not single_document_rows(q_docs) and contiguous_documents(q_docs))
+
+
+def pieces_backward(q, k, v, do, lse, delta, docs, scale: float):
+    """The diagonal block's backward as per-document causal pieces (kernels/attention/doc_pieces.py
+    layout: pieces padded at their end and batched by length), no [n, n] mask. Padded query rows
+    get lse = +inf (P = 0), padded keys follow every real query (causal hides them)."""
+    acc = acc_dtype(q.dtype)
+    b, n, h, d = q.shape
+    hkv, pad = k.shape[2], b * n
+
+    def flat(z, fill=0.0):
+        return torch.cat([z.reshape(pad, *z.shape[2:]), torch.full_like(z[0, :1], fill)])
+    qf, kf, vf, dof = (flat(z) for z in (q, k, v, do.to(q.dtype)))
+    lsef, deltaf = flat(lse.to(acc).transpose(1, 2), float("inf")), flat(delta.to(acc).transpose(1, 2))
+    grads = [torch.zeros(pad + 1, hh, d, dtype=acc, device=q.device) for hh in (h, hkv, hkv)]
+    for length, starts, sizes in buckets(*piece_bounds(docs)):
+        pos = torch.arange(length)
+        idx = torch.where(pos[None, :] < sizes[:, None], starts[:, None] + pos[None, :], pad).to(q.device)
+        got = block_backward_fused(qf[idx], kf[idx], vf[idx], dof[idx], lsef[idx].transpose(1, 2),
+                                   deltaf[idx].transpose(1, 2), window=None, q_docs=None, k_docs=None,
+                                   q_offset=0, k_offset=0, scale=scale)
+        for g, part in zip(grads, got):
+            g.index_add_(0, idx.reshape(-1), part.reshape(-1, *part.shape[2:]))
+    dq, dk, dv = (g[:pad].reshape(b, n, *g.shape[1:]) for g in grads)
+    return dq, dk, dv
 
 
 def stand_in_output(do: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
