@@ -86,3 +86,14 @@ def test_stand_in_output_reproduces_delta():
     delta[0, 1, 2] = 0
     out = bw.stand_in_output(do, delta)
     torch.testing.assert_close((do * out).sum(-1), delta, rtol=1e-12, atol=1e-12)
+
+
+def test_document_crop_keeps_only_shared_documents():
+    """Chunk 2's queries share only their first document with chunk 1's last one: the
+    off-diagonal block shrinks to that corner (the equality above covers its numbers); chunk 0
+    shares no document with chunk 2 at all."""
+    docs = docs_for(1)
+    rows, keys = bw.document_crop(docs[:, 2 * N:], docs[:, N:2 * N], 2 * N, N)
+    assert (rows.start, keys.stop) == (0, N) and rows.stop < N and keys.start > 0
+    assert bw.document_crop(docs[:, 2 * N:], docs[:, :N], 2 * N, 0) == (slice(0, 0), slice(0, 0))
+    assert bw.document_crop(docs[:, N:2 * N], docs[:, N:2 * N], N, N) is None     # diagonal: never cropped
