@@ -5,8 +5,9 @@ inputs, same training loop; tokens/s and the ratio, with and without packed docu
 
 Document layouts: `none` (no document ids), `one` (ids passed, every row one document; theirs
 gets the matching position ids) and `packed` (random documents of ~300 tokens; ours gets
-doc_ids and per-document positions, theirs the per-document position_ids from which it builds
-its packed-sequence mask). Steps alternate between the two models and the median step time is
+doc_ids and per-document positions, theirs the per-document position_ids and the block-diagonal
+causal mask as a 4-D boolean attention_mask: transformers' SDPA path does not separate the
+documents from position_ids alone, which the start-up equality check catches). Steps alternate between the two models and the median step time is
 taken, so machine load hits both alike; the first step of each is a warm-up.
 """
 from __future__ import annotations
@@ -65,6 +66,14 @@ def batch(layout: str, b: int, t: int, gen: torch.Generator):
     return tokens[:, :-1], tokens[:, 1:], positions, docs
 
 
+def hf_mask(docs):
+    """[B, 1, T, T] bool, True = may attend (causal, same document), or None for one document."""
+    if docs is None or bool((docs == docs[:, :1]).all()):
+        return None
+    t = docs.shape[1]
+    return ((docs[:, :, None] == docs[:, None, :]) & torch.ones(t, t, dtype=torch.bool).tril())[:, None]
+
+
 def step_fn(model, opt, ours: bool, inputs):
     tokens, labels, positions, docs = inputs
 
@@ -73,7 +82,7 @@ def step_fn(model, opt, ours: bool, inputs):
         if ours:
             logits = model(tokens, positions=positions, doc_ids=docs)
         else:
-            logits = model(input_ids=tokens, position_ids=positions).logits
+            logits = model(input_ids=tokens, position_ids=positions, attention_mask=hf_mask(docs)).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         loss.backward()
         opt.step()
@@ -88,7 +97,7 @@ def compare(size: str, layout: str, args) -> tuple[float, float]:
     inputs = batch(layout, args.batch, args.seq_len, torch.Generator().manual_seed(1))
     with torch.no_grad():
         a = ours(inputs[0], positions=inputs[2], doc_ids=inputs[3])
-        b = theirs(input_ids=inputs[0], position_ids=inputs[2]).logits
+        b = theirs(input_ids=inputs[0], position_ids=inputs[2], attention_mask=hf_mask(inputs[3])).logits
         assert (a - b).abs().max() < 1e-3, f"the two models disagree ({(a - b).abs().max():.2e})"
     steps = [step_fn(m, torch.optim.AdamW(m.parameters(), lr=1e-4), m is ours, inputs) for m in (ours, theirs)]
     times: list[list[float]] = [[], []]

@@ -61,7 +61,11 @@ def parallelize(model: nn.Module, pstate: ParallelState, opts: EngineOptions, de
 
         apply_chunked_loss(model, opts.loss_chunk, pstate.tp_group)
     if opts.activation_checkpointing:
-        apply_activation_checkpointing(model)
+        if opts.checkpoint_policy == "selective" and pstate.dims.sp > 1:
+            # the sp replay skips DistAttn's ops in the recomputation, which per-op SAC cannot match
+            raise LayoutError("train.checkpoint_policy=selective does not run under sequence parallelism; "
+                              "use train.checkpoint_policy=full (rematerialization-aware) or parallel.sp=1")
+        apply_activation_checkpointing(model, opts.checkpoint_policy)
     if opts.compile:
         for block in model.layers:
             block.compile()

@@ -19,6 +19,7 @@ class EngineOptions:
     grad_accum: int = 1
     grad_clip: float = 1.0                 # 0 disables clipping
     activation_checkpointing: bool = False
+    checkpoint_policy: str = "full"        # full | selective (parallel/checkpointing.py)
     compile: bool = False
     loss_chunk: int = 0                    # chunked cross-entropy: tokens per chunk (0: plain logits)
     bf16: bool = False                     # bf16 autocast (and FSDP2 bf16 parameters) on CUDA

@@ -86,3 +86,35 @@ def test_stand_in_output_reproduces_delta():
     delta[0, 1, 2] = 0
     out = bw.stand_in_output(do, delta)
     torch.testing.assert_close((do * out).sum(-1), delta, rtol=1e-12, atol=1e-12)
+
+
+def test_document_crop_keeps_only_shared_documents():
+    """Chunk 2's queries share only their first document with chunk 1's last one: the
+    off-diagonal block shrinks to that corner (the equality above covers its numbers); chunk 0
+    shares no document with chunk 2 at all."""
+    docs = docs_for(1)
+    rows, keys = bw.document_crop(docs[:, 2 * N:], docs[:, N:2 * N], 2 * N, N)
+    assert (rows.start, keys.stop) == (0, N) and rows.stop < N and keys.start > 0
+    assert bw.document_crop(docs[:, 2 * N:], docs[:, :N], 2 * N, 0) == (slice(0, 0), slice(0, 0))
+    assert bw.document_crop(docs[:, N:2 * N], docs[:, N:2 * N], N, N) is None     # diagonal: never cropped
+
+
+def test_packed_documents_build_no_mask(monkeypatch):
+    """One row of contiguous documents: off-diagonal blocks crop to one-document corners
+    (unmasked) or nothing, the diagonal runs per document both ways: no mask anywhere, and the
+    gradients still equal the reference's."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dense mask was built")
+    monkeypatch.setattr(sdpa_mod, "visible_mask", refuse)
+    monkeypatch.setattr(bw, "visible_mask", refuse)
+    gen = torch.Generator().manual_seed(12)
+    docs = docs_for(1)
+    q = torch.randn(1, N, 4, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    k, v = (torch.randn(1, 3 * N, 2, 8, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(2))
+    do = torch.randn(1, N, 4, 8, dtype=torch.float64, generator=gen)
+    o_ref, _ = attention_reference(q, k, v, causal=True, q_offset=2 * N, q_doc_ids=docs[:, 2 * N:], k_doc_ids=docs)
+    g_ref = torch.autograd.grad(o_ref, (q, k, v), do)
+    o, grads = blockwise_grads(bw.block_backward, q.detach(), k.detach(), v.detach(), do, None, docs, 8 ** -0.5)
+    torch.testing.assert_close(o, o_ref.detach(), rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, g_ref):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

@@ -20,13 +20,15 @@ def test_balanced_schedule_covers_every_block_once(world):
         for r, p in enumerate(plans):
             blk = block_of(p, r)
             if blk is not None:
-                seen.append(blk)
+                seen.append((*blk, "half" if p.split else "whole"))
             if p.own_from is not None:
                 assert plans[p.own_from].send_kv_to == r       # the kv owner sends to me
             if p.help_for is not None:
                 assert plans[p.help_for].send_q_to == r        # the query owner sends to me
-    expected = {(a, b) for a in range(world) for b in range(a)}
-    assert sorted(seen) == sorted(expected)                    # each off-diagonal block exactly once
+    # each off-diagonal block exactly once; in the split round (even P, distance P/2) as two halves
+    expected = [(a, b, "whole") for a in range(world) for b in range(a) if 2 * (a - b) != world]
+    expected += [(a, b, "half") for a in range(world) for b in range(a) if 2 * (a - b) == world] * 2
+    assert sorted(seen) == sorted(expected)
     assert n_rounds(world) <= math.ceil(world / 2) + 1
 
 
@@ -100,10 +102,15 @@ def test_distattn_odd_and_large_p(pools, world):
 
 def test_distattn_bytes_are_unexpanded_kv(pool2):
     """P = 2, one document: rank 0 sends its K/V chunk (Hkv heads, not H) forward and again
-    backward; rank 1 sends back dK/dV; nothing else travels."""
+    backward; the block (1, 0) is split by query rows, so rank 1 sends rank 0 the second half of
+    its queries (forward; with dO and the row statistics backward) and gets back that half's
+    (o, lse) and dQ; rank 1 sends back dK/dV of its half; nothing else travels."""
     (_, (_, _, f0, b0, *_)), (_, (_, _, f1, b1, *_)) = pool2.run(distattn_vs_reference, 1, False, None)
     kv_bytes = 2 * 2 * 12 * 1 * 8 * 8          # k and v, B=2, n=12, Hkv=1, D=8, float64
-    assert (f0, b0, f1, b1) == (kv_bytes, kv_bytes, 0, kv_bytes)
+    half_q = 2 * 6 * 4 * 8 * 8                 # B=2, 6 rows, H=4, D=8, float64
+    half_stats = 2 * 4 * 6 * 8                 # one [B, H, 6] float64 row statistic
+    assert (f0, b0) == (kv_bytes + half_q + half_stats, kv_bytes + half_q)
+    assert (f1, b1) == (half_q, kv_bytes + 2 * half_q + 2 * half_stats)
 
 
 def overlap_order(rank, world):
@@ -137,3 +144,12 @@ def test_next_round_transfer_is_posted_before_this_round_compute(pool4):
         # round 1's transfer is in flight during the diagonal block, round 2's during round 1
         assert events[:2] == ["post", "compute"]
         assert events[2] == "post" and events[3] == "compute"
+
+
+@pytest.mark.parametrize("world", range(1, 9))
+def test_rank_work_adds_up_to_the_causal_triangle(world):
+    from parallel.sequence.schedule import rank_work
+
+    work = rank_work(world)
+    assert sum(work) == world * 0.5 + world * (world - 1) / 2
+    assert max(work) == min(work)                # the split round evens out even P

@@ -57,7 +57,8 @@ def engine_options(cfg: Config) -> EngineOptions:
     return EngineOptions(engine=p.engine, zero_stage=p.zero_stage, pp_schedule=p.pp_schedule,
                          pp_microbatches=p.pp_microbatches, seq_len=cfg.data.seq_len,
                          micro_batch_size=cfg.data.batch_size, grad_accum=t.grad_accum, grad_clip=cfg.optim.grad_clip,
-                         activation_checkpointing=t.activation_checkpointing, compile=t.compile, loss_chunk=t.loss_chunk,
+                         activation_checkpointing=t.activation_checkpointing, checkpoint_policy=t.checkpoint_policy,
+                         compile=t.compile, loss_chunk=t.loss_chunk,
                          bf16=t.dtype in ("auto", "bfloat16"))
 
 

@@ -115,6 +115,9 @@ class TrainConfig:
     device: str = choice("auto", "cpu", "cuda", help="device to train on (auto = CUDA when visible, else CPU)")
     dtype: str = choice("auto", "float32", "bfloat16", "float64", help="compute precision (auto: bf16 autocast on GPU, fp32 on CPU)")
     activation_checkpointing: bool = opt(False, "recompute block activations in the backward pass to save memory")
+    checkpoint_policy: str = choice("full", "selective",
+                                    help="with activation_checkpointing: recompute whole blocks (full), or keep matmul "
+                                         "and attention outputs and recompute the rest (selective)")
     compile: bool = opt(False, "torch.compile the model")
     loss_chunk: int = opt(0, "chunked cross-entropy: tokens per chunk, never all [B, T, vocab] logits at once "
                              "(0 = plain loss)")

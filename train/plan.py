@@ -53,7 +53,7 @@ def report(plan: Plan, cfg, where: str) -> str:
         w, g, o = plan.states[name]
         mark = "  <- configured" if name == plan.engine else ""
         lines.append(f"  {name:6s} {gib(w):>11s} {gib(g):>11s} {gib(o):>11s}   = {gib(w + g + o)}{mark}")
-    ck = "on" if cfg.train.activation_checkpointing else "off"
+    ck = cfg.train.checkpoint_policy if cfg.train.activation_checkpointing else "off"
     lines += [f"activations {gib(plan.activations_full)} without checkpointing, "
               f"{gib(plan.activations_checkpointed)} with (configured: {ck})",
               f"logits     {gib(plan.logits)}" + (f" (loss_chunk {cfg.train.loss_chunk})"

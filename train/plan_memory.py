@@ -10,6 +10,7 @@ parameter count and FLOPs, then adds up, per rank:
   of the first pipeline stage times the micro-batches in flight there, as held at the end of the
   forward pass; with activation checkpointing, each layer's input, plus (term "recompute") what
   one layer recomputed in full needs beyond the loss's tensors, which are freed by then;
+  selective checkpointing is planned at its bound, the activations without checkpointing;
 - the loss: the logits [tokens, vocab/tp] and the cross-entropy's fp32 log-probabilities and
   gradients at the start of the backward pass (three fp32 copies, plus the bf16 logits under
   autocast); with train.loss_chunk > 0 only one chunk of them is alive.
@@ -138,12 +139,13 @@ def make_plan(cfg, world: int, gpu: str | None, capacity: float | None = None) -
     tokens = cfg.data.batch_size // (cfg.parallel.pp_microbatches if dims.pp > 1 else 1) * cfg.data.seq_len // dims.sp
     full, ckpt, layer_peak = activation_bytes(cfg, parse_pattern(cfg.model.pattern), tokens, s, dims.tp, dims.pp,
                                   "fused" if on_gpu else "torch")
-    acts = ckpt if cfg.train.activation_checkpointing else full
+    full_ckpt = cfg.train.activation_checkpointing and cfg.train.checkpoint_policy == "full"
+    acts = ckpt if full_ckpt else full        # selective checkpointing: bounded by no checkpointing
     logits = logits_bytes(tokens, cfg.model.vocab_size // dims.tp, s, getattr(cfg.train, "loss_chunk", 0))
     key = engine_key(cfg.parallel)
     w, g, o = states[key]
     # the loss's tensors and a recomputed layer are never alive together: the larger one counts
-    recompute = max(0.0, layer_peak - logits) if cfg.train.activation_checkpointing else 0.0
+    recompute = max(0.0, layer_peak - logits) if full_ckpt else 0.0
     terms = {"weights": w, "gradients": g, "optimizer": o, "activations": acts, "logits": logits,
              "recompute": recompute}
     return Plan(params=sum(p.numel() for p in model.parameters()), params_per_rank=p_rank,

@@ -20,6 +20,7 @@ import math
 import torch
 
 from kernels.attention import attention, visible_mask
+from kernels.attention.doc_pieces import buckets, contiguous_documents, piece_bounds, single_document_rows
 from kernels.attention.masks import mask_kind
 from kernels.dispatch import kernel_mode
 
@@ -30,11 +31,47 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def document_crop(q_docs, k_docs, q_offset: int, k_offset: int) -> tuple[slice, slice] | None:
+    """(query rows, keys) of an off-diagonal block outside which documents hide everything, or
+    None when that is the whole block. With packed documents, a later chunk's queries share
+    documents only with the last documents of an earlier chunk: the visible part is typically
+    one document's corner, computed unmasked instead of the whole block under a bias."""
+    if q_docs is None or q_offset == k_offset:
+        return None
+    rows = torch.zeros(q_docs.shape[1], dtype=torch.bool, device=q_docs.device)
+    keys = torch.zeros(k_docs.shape[1], dtype=torch.bool, device=k_docs.device)
+    for b in range(q_docs.shape[0]):
+        rows |= torch.isin(q_docs[b], k_docs[b])
+        keys |= torch.isin(k_docs[b], q_docs[b])
+    if not bool(rows.any()):
+        return slice(0, 0), slice(0, 0)
+    r, c = torch.nonzero(rows).squeeze(1), torch.nonzero(keys).squeeze(1)
+    crop = slice(int(r[0]), int(r[-1]) + 1), slice(int(c[0]), int(c[-1]) + 1)
+    if crop[0].stop - crop[0].start == rows.numel() and crop[1].stop - crop[1].start == keys.numel():
+        return None
+    return crop
+
+
+def _cropped(q_docs, k_docs, q_offset, k_offset, rows: slice, keys: slice) -> dict:
+    return dict(q_docs=q_docs[:, rows], k_docs=k_docs[:, keys], q_offset=q_offset + rows.start,
+                k_offset=k_offset + keys.start)
+
+
 def block_forward(q, k, v, *, window, q_docs, k_docs, q_offset: int, k_offset: int, scale: float):
     """(o [B,n,H,D] in the accumulation dtype, lse [B,H,n]) of q against one key chunk."""
+    acc = acc_dtype(q.dtype)
+    crop = document_crop(q_docs, k_docs, q_offset, k_offset)
+    if crop is not None:
+        rows, keys = crop
+        o = torch.zeros(q.shape, dtype=acc, device=q.device)
+        lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), dtype=acc, device=q.device)
+        if rows.stop > rows.start:
+            o[:, rows], lse[..., rows] = block_forward(
+                q[:, rows], k[:, keys], v[:, keys], window=window, scale=scale,
+                **_cropped(q_docs, k_docs, q_offset, k_offset, rows, keys))
+        return o, lse
     o, lse = attention(q, k, v, causal=True, window=window, q_doc_ids=q_docs, k_doc_ids=k_docs,
                        q_offset=q_offset, k_offset=k_offset, scale=scale, return_lse=True)
-    acc = acc_dtype(q.dtype)
     return o.to(acc), lse.to(acc)
 
 
@@ -68,10 +105,55 @@ def block_backward(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset:
     """(dq [B,n,H,D], dk, dv [B,m,Hkv,D]) of this block, in the accumulation dtype.
 
     lse [B,H,n] and delta [B,H,n] are the full (merged) row statistics of the forward."""
+    crop = document_crop(q_docs, k_docs, q_offset, k_offset)
+    if crop is not None:
+        rows, keys = crop
+        acc = acc_dtype(q.dtype)
+        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+        dk = torch.zeros(k.shape, dtype=acc, device=k.device)
+        dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+        if rows.stop > rows.start:
+            dq[:, rows], dk[:, keys], dv[:, keys] = block_backward(
+                q[:, rows], k[:, keys], v[:, keys], do[:, rows], lse[..., rows], delta[..., rows],
+                window=window, scale=scale, **_cropped(q_docs, k_docs, q_offset, k_offset, rows, keys))
+        return dq, dk, dv
     kw = dict(window=window, q_docs=q_docs, k_docs=k_docs, q_offset=q_offset, k_offset=k_offset, scale=scale)
     if q.device.type == "cpu" and kernel_mode() != "reference":
+        if window is None and q_offset == k_offset and diagonal_pieces(q_docs, k_docs):
+            return pieces_backward(q, k, v, do, lse, delta, q_docs, scale)
         return block_backward_fused(q, k, v, do, lse, delta, **kw)
     return block_backward_tiled(q, k, v, do, lse, delta, **kw)
+
+
+def diagonal_pieces(q_docs, k_docs) -> bool:
+    """A diagonal block of several contiguous documents: its backward runs per document."""
+    return (q_docs is not None and (q_docs is k_docs or torch.equal(q_docs, k_docs))
+            and not single_document_rows(q_docs) and contiguous_documents(q_docs))
+
+
+def pieces_backward(q, k, v, do, lse, delta, docs, scale: float):
+    """The diagonal block's backward as per-document causal pieces (kernels/attention/doc_pieces.py
+    layout: pieces padded at their end and batched by length), no [n, n] mask. Padded query rows
+    get lse = +inf (P = 0), padded keys follow every real query (causal hides them)."""
+    acc = acc_dtype(q.dtype)
+    b, n, h, d = q.shape
+    hkv, pad = k.shape[2], b * n
+
+    def flat(z, fill=0.0):
+        return torch.cat([z.reshape(pad, *z.shape[2:]), torch.full_like(z[0, :1], fill)])
+    qf, kf, vf, dof = (flat(z) for z in (q, k, v, do.to(q.dtype)))
+    lsef, deltaf = flat(lse.to(acc).transpose(1, 2), float("inf")), flat(delta.to(acc).transpose(1, 2))
+    grads = [torch.zeros(pad + 1, hh, d, dtype=acc, device=q.device) for hh in (h, hkv, hkv)]
+    for length, starts, sizes in buckets(*piece_bounds(docs)):
+        pos = torch.arange(length)
+        idx = torch.where(pos[None, :] < sizes[:, None], starts[:, None] + pos[None, :], pad).to(q.device)
+        got = block_backward_fused(qf[idx], kf[idx], vf[idx], dof[idx], lsef[idx].transpose(1, 2),
+                                   deltaf[idx].transpose(1, 2), window=None, q_docs=None, k_docs=None,
+                                   q_offset=0, k_offset=0, scale=scale)
+        for g, part in zip(grads, got):
+            g.index_add_(0, idx.reshape(-1), part.reshape(-1, *part.shape[2:]))
+    dq, dk, dv = (g[:pad].reshape(b, n, *g.shape[1:]) for g in grads)
+    return dq, dk, dv
 
 
 def stand_in_output(do: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ in the balanced schedule (schedule.py) lightly-loaded ranks instead receive a bu
 queries, attend them to their own K/V and send back the partial (o, lse). Partials merge by
 log-sum-exp in fp32 (fp64 for fp64 inputs). The exchange for round d+1 is posted before
 round d's compute, so communication overlaps computation. Fully-masked blocks (documents,
-window) are neither sent nor computed.
+window) are neither sent nor computed. In the split round of even P (schedule.py) the owner
+computes the first half of its query rows and the helper, sent only the second half, the rest.
 
 The backward mirrors the forward with the same table: dQ accumulates at the query owner, dK/dV
 at the key/value owner; each block's gradient uses the saved final output and LSE, so the
@@ -47,27 +48,41 @@ class DistAttnRun:
         """True when block (q_a, kv_b) must be computed."""
         return not self.chunks.skipped(a, b, self.window)
 
-    def _kw(self, a: int, b: int) -> dict:
+    def _kw(self, a: int, b: int, rows: slice | None = None) -> dict:
         c = self.chunks
-        return dict(window=self.window, q_docs=c.doc(a), k_docs=c.doc(b),
-                    q_offset=c.offset(a), k_offset=c.offset(b), scale=self.scale)
+        rows = rows or slice(0, c.n)
+        q_docs = None if c.doc(a) is None else c.doc(a)[:, rows]
+        return dict(window=self.window, q_docs=q_docs, k_docs=c.doc(b),
+                    q_offset=c.offset(a) + rows.start, k_offset=c.offset(b), scale=self.scale)
+
+    def rows(self, plan, helper: bool) -> slice:
+        """The query rows of this round's block that this side computes (all unless split)."""
+        n = self.chunks.n
+        if not plan.split:
+            return slice(0, n)
+        return slice(n // 2, n) if helper else slice(0, n // 2)
 
     # ---------------------------------------------------------------- forward
-    def post_inputs(self, d: int, kv: torch.Tensor, query_side: dict[str, torch.Tensor]):
+    def post_inputs(self, d: int, kv: torch.Tensor, query_side: dict[str, tuple[torch.Tensor, int]]):
         """Post round d's input exchange: our K/V to the rank that owns the block, our query-side
         tensors to the rank that helps us; receive the K/V of the block we own and the query side
-        of the rank we help (blocks the chunk layout skips are never sent)."""
+        of the rank we help (blocks the chunk layout skips are never sent). query_side maps a
+        name to (tensor, its token dim); only the helper's rows travel."""
         P, r = self.g.world, self.g.rank
         p = round_plan(P, d, r)
+        rows = self.rows(p, helper=True)
+
+        def helper_rows(t, dim):
+            return t.narrow(dim, rows.start, rows.stop - rows.start)
         sends, recvs = [], []
         if p.send_kv_to is not None and self._blk(p.send_kv_to, r):
             sends.append((p.send_kv_to, kv))
         if p.send_q_to is not None and self._blk(r, p.send_q_to):
-            sends += [(p.send_q_to, t) for t in query_side.values()]
+            sends += [(p.send_q_to, helper_rows(t, dim)) for t, dim in query_side.values()]
         if p.own_from is not None and self._blk(r, p.own_from):
             recvs.append((p.own_from, "kv", torch.empty_like(kv)))
         if p.help_for is not None and self._blk(p.help_for, r):
-            recvs += [(p.help_for, name, torch.empty_like(t)) for name, t in query_side.items()]
+            recvs += [(p.help_for, name, torch.empty(helper_rows(t, dim).shape, dtype=t.dtype, device=t.device)) for name, (t, dim) in query_side.items()]
         return self.g.exchange(sends, recvs)
 
     def rounds(self, pending, kv: torch.Tensor, query_side: dict[str, torch.Tensor]):
@@ -83,7 +98,7 @@ class DistAttnRun:
     def forward(self, q, k, v):
         r = self.g.rank
         kv = torch.stack([k, v])                                     # one message, Hkv heads
-        query_side = {"q": q}
+        query_side = {"q": (q, 1)}
         bytes0 = self.g.bytes_sent
         pending = self.post_inputs(1, kv, query_side) if n_offdiag_rounds(self.g.world) else None
         o, lse = block_forward(q, k, v, **self._kw(r, r))
@@ -94,26 +109,28 @@ class DistAttnRun:
             sends, recvs = [], []
             did = False
             if "kv" in got:
-                o_b, lse_b = block_forward(q, got["kv"][0], got["kv"][1], **self._kw(r, p.own_from))
-                o, lse = merge(o, lse, o_b, lse_b)
+                mine = self.rows(p, helper=False)
+                o_b, lse_b = block_forward(q[:, mine], got["kv"][0], got["kv"][1], **self._kw(r, p.own_from, mine))
+                o, lse = merge_rows(o, lse, o_b, lse_b, mine)
                 did = True
             if "q" in got:
-                o_h, lse_h = block_forward(got["q"], k, v, **self._kw(p.help_for, r))
+                o_h, lse_h = block_forward(got["q"], k, v, **self._kw(p.help_for, r, self.rows(p, helper=True)))
                 sends.append((p.help_for, o_h.to(q.dtype)))
                 sends.append((p.help_for, lse_h.contiguous()))
                 did = True
+            theirs = self.rows(p, helper=True)
             if p.send_q_to is not None and self._blk(r, p.send_q_to):
-                recvs.append((p.send_q_to, "o", torch.empty(q.shape, dtype=q.dtype, device=q.device)))
-                recvs.append((p.send_q_to, "lse", torch.empty(lse.shape, dtype=acc, device=q.device)))
+                recvs.append((p.send_q_to, "o", torch.empty(q[:, theirs].shape, dtype=q.dtype, device=q.device)))
+                recvs.append((p.send_q_to, "lse", torch.empty(lse[..., theirs].shape, dtype=acc, device=q.device)))
             self.record.fwd_blocks += did
             self.record.fwd_rounds += did
             if sends or recvs:
-                results.append(self.g.exchange(sends, recvs))
+                results.append((theirs, self.g.exchange(sends, recvs)))
             self.record.skipped_blocks += self._count_skips(p)
-        for pend in results:
+        for theirs, pend in results:
             got = pend.wait()
             if "o" in got:
-                o, lse = merge(o, lse, got["o"].to(acc), got["lse"])
+                o, lse = merge_rows(o, lse, got["o"].to(acc), got["lse"], theirs)
         self.record.fwd_bytes += self.g.bytes_sent - bytes0
         return o, lse
 
@@ -133,37 +150,49 @@ class DistAttnRun:
         bytes0 = self.g.bytes_sent
         delta = row_delta(o, do)
         kv = torch.stack([k, v])
-        query_side = {"qdo": torch.stack([q, do.to(q.dtype)]), "stats": torch.stack([lse.to(acc), delta])}
+        query_side = {"qdo": (torch.stack([q, do.to(q.dtype)]), 2), "stats": (torch.stack([lse.to(acc), delta]), 3)}
         pending = self.post_inputs(1, kv, query_side) if n_offdiag_rounds(self.g.world) else None
         dq, dk, dv = block_backward(q, k, v, do, lse, delta, **self._kw(r, r))
         results = []
         for p, got in self.rounds(pending, kv, query_side):
             sends, recvs = [], []
             if "kv" in got:
-                dq_b, dk_b, dv_b = block_backward(q, got["kv"][0], got["kv"][1], do, lse, delta,
-                                                  **self._kw(r, p.own_from))
-                dq = dq + dq_b
+                mine = self.rows(p, helper=False)
+                dq_b, dk_b, dv_b = block_backward(q[:, mine], got["kv"][0], got["kv"][1], do[:, mine],
+                                                  lse[..., mine], delta[..., mine], **self._kw(r, p.own_from, mine))
+                dq[:, mine] += dq_b
                 sends.append((p.own_from, torch.stack([dk_b, dv_b])))
             if "qdo" in got:
                 qr, dor = got["qdo"][0], got["qdo"][1]
                 dq_h, dk_h, dv_h = block_backward(qr, k, v, dor, got["stats"][0], got["stats"][1],
-                                                  **self._kw(p.help_for, r))
+                                                  **self._kw(p.help_for, r, self.rows(p, helper=True)))
                 dk, dv = dk + dk_h, dv + dv_h
                 sends.append((p.help_for, dq_h))
+            theirs = self.rows(p, helper=True)
             if p.send_kv_to is not None and self._blk(p.send_kv_to, r):
                 recvs.append((p.send_kv_to, "dkv", torch.empty((2, *k.shape), dtype=acc, device=k.device)))
             if p.send_q_to is not None and self._blk(r, p.send_q_to):
-                recvs.append((p.send_q_to, "dq", torch.empty(q.shape, dtype=acc, device=q.device)))
+                recvs.append((p.send_q_to, "dq", torch.empty(q[:, theirs].shape, dtype=acc, device=q.device)))
             if sends or recvs:
-                results.append(self.g.exchange(sends, recvs))
-        for pend in results:
+                results.append((theirs, self.g.exchange(sends, recvs)))
+        for theirs, pend in results:
             got = pend.wait()
             if "dkv" in got:
                 dk, dv = dk + got["dkv"][0], dv + got["dkv"][1]
             if "dq" in got:
-                dq = dq + got["dq"]
+                dq[:, theirs] += got["dq"]
         self.record.bwd_bytes += self.g.bytes_sent - bytes0
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def merge_rows(o, lse, o_b, lse_b, rows: slice):
+    """merge() of a partial result for the query rows `rows` only (the split round's halves)."""
+    if rows.start == 0 and rows.stop == o.shape[1]:
+        return merge(o, lse, o_b, lse_b)
+    o_m, lse_m = merge(o[:, rows], lse[..., rows], o_b, lse_b)
+    o, lse = o.clone(), lse.clone()
+    o[:, rows], lse[..., rows] = o_m, lse_m
+    return o, lse
 
 
 class DistAttnFunction(torch.autograd.Function):
