@@ -232,7 +232,8 @@ def find_checkpoint(path: Path) -> Path:
     raise FileNotFoundError(f"no complete checkpoint at {path}; pass a step-NNNNNNN directory or a run directory")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None):
+    """(the evaluation flags, the config overrides: every other `--section.key=value`)."""
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (step-NNNNNNN) or run directory")
     p.add_argument("--tasks", default="passkey", help="comma-separated tasks (data/tasks): passkey, niah_multikey, "
@@ -250,22 +251,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-generate", action="store_true", help="decode with full forward passes, not generate")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-tensorboard", action="store_true", help="do not write <out>/tb")
-    args, overrides = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return p.parse_known_args(sys.argv[1:] if argv is None else argv)
 
-    from train.config import ConfigError, load_config
 
+def resolve(args, overrides: list[str]):
+    """(checkpoint, config, prompt lengths, loss length, tasks), every prompt checked buildable before
+    any model is loaded; a user error raises (ConfigError, FileNotFoundError, ValueError, TaskError)."""
+    from train.config import load_config
+
+    ckpt = find_checkpoint(Path(args.checkpoint))
+    cfg_path = ckpt / "config.toml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} is missing; evaluate needs the config saved beside the checkpoint")
+    cfg = load_config(cfg_path, overrides)
+    train_len = cfg.data.seq_len
+    lengths = [parse_length(s, train_len) for s in (args.lengths or "1x,2x,4x").split(",") if s.strip()]
+    loss_length = parse_length(args.loss_length, train_len)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if lengths and tasks:
+        check_tasks(tasks, eval_tokenizer(cfg.data), lengths, cfg.model.vocab_size, args.seed)
+    return ckpt, cfg, lengths, loss_length, tasks
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.config import ConfigError
+
+    args, overrides = parse_args(argv)
     try:
-        ckpt = find_checkpoint(Path(args.checkpoint))
-        cfg_path = ckpt / "config.toml"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path} is missing; evaluate needs the config saved beside the checkpoint")
-        cfg = load_config(cfg_path, overrides)
-        train_len = cfg.data.seq_len
-        lengths = [parse_length(s, train_len) for s in (args.lengths or "1x,2x,4x").split(",") if s.strip()]
-        loss_length = parse_length(args.loss_length, train_len)
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        if lengths and tasks:       # every prompt buildable as asked, before any model is loaded
-            check_tasks(tasks, eval_tokenizer(cfg.data), lengths, cfg.model.vocab_size, args.seed)
+        ckpt, cfg, lengths, loss_length, tasks = resolve(args, overrides)
     except (ConfigError, FileNotFoundError, ValueError, TaskError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -290,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     tb.close()
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     if summary.get("tasks"):
-        print(summary_table({n: summary[n] for n in summary["tasks"]}, lengths, train_len))
+        print(summary_table({n: summary[n] for n in summary["tasks"]}, lengths, cfg.data.seq_len))
     print(json.dumps(summary, indent=1))
     files = [f"{n}.json, {n}.png" for n in summary.get("tasks", [])]
     files += ["loss_by_position.json, .png"] if "loss_ranges" in summary else []
