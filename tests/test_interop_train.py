@@ -59,16 +59,19 @@ def ours_from(run_dir):
     return model, cfg.model
 
 
-def test_import_train_tp2_sp2_export(imported, pool2):
+def import_train_export(imported, pool2, steps: list[str], n_steps: int, lift) -> None:
+    """Train the imported run on one process, under tp=2 and under sp=2; the losses agree to 1e-6.
+    Each run exports to a transformers model (float32 internals lifted by `lift`) whose logits and
+    greedy generation equal our trained model's, with weights moved from the imported ones."""
     from transformers import AutoModelForCausalLM
 
     from train.hf_files import read_hf_state
 
     runs = {name: copy_run(imported, name) for name in ("single", "tp2", "sp2")}
-    single = run_training(0, 1, str(runs["single"]), [])
-    tp2 = pool2.run(run_training, str(runs["tp2"]), ["--parallel.tp=2"])[0]
-    sp2 = pool2.run(run_training, str(runs["sp2"]), ["--parallel.sp=2"])[0]
-    assert len(single) == 20 and single[-1] < single[0]
+    single = run_training(0, 1, str(runs["single"]), steps)
+    tp2 = pool2.run(run_training, str(runs["tp2"]), ["--parallel.tp=2", *steps])[0]
+    sp2 = pool2.run(run_training, str(runs["sp2"]), ["--parallel.sp=2", *steps])[0]
+    assert len(single) == n_steps and single[-1] < single[0]
     for losses in (tp2, sp2):
         torch.testing.assert_close(torch.tensor(losses), torch.tensor(single), rtol=1e-6, atol=0)
 
@@ -83,8 +86,12 @@ def test_import_train_tp2_sp2_export(imported, pool2):
         assert 0 < moved < 0.01, (name, moved)        # trained from the imported weights, not from scratch
         ours, cfg = ours_from(run)
         hf = AutoModelForCausalLM.from_pretrained(out, local_files_only=True, torch_dtype=torch.float64).eval()
-        lift_fp32_casts(hf, cfg)
+        lift(hf, cfg)
         with torch.no_grad():
             assert (hf(tokens).logits - ours(tokens)).abs().max() < 1e-12, name
             theirs = hf.generate(prompt, max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0)
         assert torch.equal(ours.generate(prompt, 10), theirs), name
+
+
+def test_import_train_tp2_sp2_export(imported, pool2):
+    import_train_export(imported, pool2, [], 20, lift_fp32_casts)
