@@ -73,3 +73,22 @@ def packed(seed: int, lengths: list[int], vocab: int):
     positions = torch.cat([torch.arange(n) for n in lengths])[None]
     doc_ids = torch.cat([torch.full((n,), i, dtype=torch.int32) for i, n in enumerate(lengths)])[None]
     return tokens, positions, doc_ids, docs
+
+
+def ours_from_hf(hf, cfg_dict: dict):
+    """(our float64 model holding `hf`'s weights, its ModelConfig), mapped by the interop family of
+    `cfg_dict` (the config.json)."""
+    import models
+    from models.interop import family_for
+
+    family = family_for(cfg_dict)
+    cfg = family.config_from_hf(cfg_dict)
+    ours = models.build(cfg).double().eval()
+    ours.load_state_dict(family.state_from_hf(hf.state_dict(), cfg))
+    return ours, cfg
+
+
+def per_document(hf, docs) -> torch.Tensor:
+    """transformers' logits for each document run alone, concatenated: the packed row's reference."""
+    with torch.no_grad():
+        return torch.cat([hf(d[None]).logits for d in docs], dim=1)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from hf_tiny import build_hf, lift_fp32_casts, packed  # noqa: E402
+from hf_tiny import build_hf, lift_fp32_casts, ours_from_hf, packed, per_document  # noqa: E402
 
 import models  # noqa: E402
 from models.interop import family_for  # noqa: E402
@@ -43,16 +43,7 @@ LENGTHS = [7, 13, 4]
 def imported(case: str):
     model_type, extra = CASES[case]
     hf, cfg_dict = build_hf(model_type, **extra)
-    family = family_for(cfg_dict)
-    cfg = family.config_from_hf(cfg_dict)
-    ours = models.build(cfg).double().eval()
-    ours.load_state_dict(family.state_from_hf(hf.state_dict(), cfg))
-    return hf, ours, cfg
-
-
-def per_document(hf, docs) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([hf(d[None]).logits for d in docs], dim=1)
+    return (hf, *ours_from_hf(hf, cfg_dict))
 
 
 @pytest.mark.parametrize("case", CASES)

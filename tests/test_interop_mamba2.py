@@ -14,7 +14,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from hf_tiny import packed  # noqa: E402
+from hf_tiny import packed, per_document  # noqa: E402
 
 import models  # noqa: E402
 from models.interop import InteropError, family_for  # noqa: E402
@@ -40,10 +40,6 @@ def build(**extra):
     ours = models.build(cfg).eval()
     ours.load_state_dict(family.state_from_hf(hf.state_dict(), cfg))
     return hf, ours, cfg
-
-
-def per_document(hf, docs):
-    return torch.cat([hf(d[None]).logits for d in docs], dim=1)
 
 
 @pytest.mark.parametrize("extra", [{}, dict(time_step_limit=[0.02, 0.05]), dict(tie_word_embeddings=True, n_groups=1)],

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from hf_tiny import lift_fp32_casts, packed  # noqa: E402
+from hf_tiny import lift_fp32_casts, ours_from_hf, packed, per_document  # noqa: E402
 
 import models  # noqa: E402
 from models.interop import InteropError, family_for, family_for_model  # noqa: E402
@@ -69,16 +69,7 @@ def lift(hf, cfg) -> None:
 
 def imported(case: str):
     hf, cfg_dict = build_hf(**CASES[case])
-    family = family_for(cfg_dict)
-    cfg = family.config_from_hf(cfg_dict)
-    ours = models.build(cfg).double().eval()
-    ours.load_state_dict(family.state_from_hf(hf.state_dict(), cfg))
-    return hf, ours, cfg
-
-
-def per_document(hf, docs) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([hf(d[None]).logits for d in docs], dim=1)
+    return (hf, *ours_from_hf(hf, cfg_dict))
 
 
 def logits_with(ours, cfg, tokens, positions, doc_ids, **change):

@@ -21,6 +21,15 @@ def need(hf: dict, key: str):
     return hf[key]
 
 
+def validated(cfg):
+    """`cfg` (a ModelConfig mapped from config.json) if it is a valid model; otherwise InteropError."""
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise InteropError(f"config.json maps to an invalid model: {e}") from None
+    return cfg
+
+
 def take(state: dict, name: str, shape: tuple[int, ...]) -> torch.Tensor:
     """state[name], checked against the shape the config implies."""
     if name not in state:

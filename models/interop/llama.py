@@ -25,6 +25,7 @@ from models.interop.common import (
     rope_to_hf,
     symbols,
     take,
+    validated,
 )
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -76,11 +77,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         **rope_from_hf(hf, head_dim))
     if cfg.rope_fraction != 1.0:
         refuse("partial_rotary_factor", f"model_type {mt!r} rotates whole heads")
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise InteropError(f"config.json maps to an invalid model: {e}") from None
-    return cfg
+    return validated(cfg)
 
 
 def tensor_names(cfg: ModelConfig) -> list[tuple[str, str, tuple[int, ...]]]:

@@ -23,6 +23,7 @@ from models.interop.common import (
     refuse_gemma_features,
     symbols,
     take,
+    validated,
 )
 
 MODEL_TYPES = ("mamba2", "mamba_ssm")
@@ -89,11 +90,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         dt_min=float(hf.get("time_step_min", 0.001)), dt_max=float(hf.get("time_step_max", 0.1)),
         dt_limit_min=float(lo), dt_limit_max=float(hi), norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise InteropError(f"config.json maps to an invalid model: {e}") from None
-    return cfg
+    return validated(cfg)
 
 
 def sizes(cfg: ModelConfig) -> dict[str, int]:

@@ -23,7 +23,7 @@ import math
 import torch
 
 from models.config import ModelConfig
-from models.interop.common import InteropError, check_all_used, need, refuse, symbols, take
+from models.interop.common import InteropError, check_all_used, need, refuse, symbols, take, validated
 
 MODEL_TYPES = ("recurrent_gemma",)
 SYMBOLS = "RW-"
@@ -98,11 +98,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         lru_scale_first=False, norm_eps=float(hf.get("rms_norm_eps", 1e-6)), norm_unit_offset=True,
         embed_scale=bf16_sqrt(d), logit_soft_cap=float(cap), tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         **rope)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise InteropError(f"config.json maps to an invalid model: {e}") from None
-    return cfg
+    return validated(cfg)
 
 
 def block_shapes(cfg: ModelConfig) -> dict[str, tuple]:
