@@ -104,9 +104,10 @@ def compile_offline(fn, ptr_types: dict, ints: dict, consts: dict, warps: int, a
                 programs_per_sm=programs_per_sm(regs, shared, warps))
 
 
-def static_rows(scan_tiles: list[tuple[int, int, int]], t: int = 65536, d: int = 2560, b: int = 8) -> list[dict]:
+def static_rows(split_tiles, scan_tiles, t: int = 65536, d: int = 2560, b: int = 8) -> list[dict]:
     """Offline sm_90 resources of every Triton kernel the SSD and scan sections launch, at their
-    shapes (SSD bf16 H=32 P=64 N=128 G=1, kernel chunk 64; scan bf16 b×8192×d) and block choices."""
+    shapes (SSD bf16 H=32 P=64 N=128 G=1, kernel chunk 64; scan bf16 b×8192×d) and block choices
+    (split_tiles: (dx warps, dB/dC columns, dB/dC warps); scan_tiles: (T, D, warps))."""
     from kernels.rglru import triton as tiled
     from kernels.rglru import triton_lookback as lb
     from kernels.ssd import triton_bwd as fused
@@ -125,8 +126,11 @@ def static_rows(scan_tiles: list[tuple[int, int, int]], t: int = 65536, d: int =
            ("ssd bwd state_pass", fused.state_pass_bwd_kernel, {}, 4),
            ("ssd bwd FUSED chunk_bwd", fused.chunk_bwd_kernel, {}, 8),
            ("ssd bwd SPLIT chunk_dx", split.chunk_dx_kernel, {}, 8),
-           ("ssd bwd SPLIT chunk_dbc (dC)", split.chunk_dbc_kernel, dict(WANT_DB=False), 8),
-           ("ssd bwd SPLIT chunk_dbc (dB)", split.chunk_dbc_kernel, dict(WANT_DB=True), 8)]
+           ("ssd bwd SPLIT chunk_dx", split.chunk_dx_kernel, {}, 4)]
+    for cols, warps in sorted({(c, w) for _, c, w in split_tiles}, reverse=True):
+        for which in (False, True):
+            ssd.append((f"ssd bwd SPLIT chunk_dbc ({'dB' if which else 'dC'}) cols {cols}", split.chunk_dbc_kernel,
+                        dict(WANT_DB=which, BN=cols), warps))
     rows = []
     for name, fn, extra, warps in ssd:
         consts = {k: v for k, v in {**tile, **extra}.items() if k in fn.arg_names}

@@ -1,7 +1,7 @@
 # ruff: noqa: B023  (closures are timed inside the loop iteration that made them)
 """Kernel benchmark (GPU): prints tables of measured figures for our fused kernels vs baselines.
 
-  python benchmarks/kernels.py [--quick] [--only attention,ssd,scan,scan_tiles,conv] [--profile]
+  python benchmarks/kernels.py [--quick] [--only attention,ssd,ssd_tiles,scan,scan_tiles,conv] [--profile]
                                [--json PATH]      (GPU)
   python benchmarks/kernels.py --dry-run | --static    (no GPU: list the cases | offline sm_90 resources)
 
@@ -82,6 +82,7 @@ def attention_rows(seqlens, heads=16, d=128, tokens=65536):
 
 
 SSD_VARIANTS = ("fused", "split")
+SPLIT_TILES = [(8, 128, 8), (4, 128, 4), (8, 64, 8), (4, 64, 4), (4, 32, 4)]   # (dx warps, dB/dC columns, warps)
 SCAN_TILES = [(32, 128, 4), (16, 128, 4), (64, 128, 8), (32, 256, 8), (64, 64, 4)]   # lookback (T, D, warps)
 
 
@@ -129,6 +130,20 @@ def ssd_rows(seqlens, chunk=64, torch_max_t=16384):
         rows.append(row)
         del ins, dy, runs
         torch.cuda.empty_cache()
+    return rows
+
+
+def ssd_tile_rows(seqlens, tiles=SPLIT_TILES):
+    """The split backward's launch shapes (LONGWEAVE_SSD_SPLIT_TILES) side by side, fwd+bwd ms."""
+    rows = []
+    for t in seqlens:
+        ins, dy = ssd_inputs(t)
+        run = ssd_closures(ins, dy)["split"]
+        for dxw, cols, warps in tiles:
+            os.environ["LONGWEAVE_SSD_SPLIT_TILES"] = f"{dxw},{cols},{warps}"
+            rows.append(dict(T=t, tiles=f"dx w{dxw}, dB/dC {cols} cols w{warps}", split_ms=bench(run)))
+        os.environ.pop("LONGWEAVE_SSD_SPLIT_TILES", None)
+        del ins, dy, run
     return rows
 
 
@@ -285,6 +300,8 @@ def sections(args) -> list[tuple[str, str, object, object]]:
         ("attention", "attention causal bf16 d=128 H=16 (B*T = 64K tokens), TFLOP/s", lens, attention_rows),
         ("ssd", "SSD bf16, B=1 H=32 P=64 N=128 G=1, fwd+bwd ms, our fused and split backward "
          "(mamba-ssm chunk 256, ours chunk 64)", ssd_lens, ssd_rows),
+        ("ssd_tiles", f"split SSD backward launch shapes {SPLIT_TILES} (dx warps, dB/dC columns, warps), "
+         "fwd+bwd ms", [4096] if q else [65536, 262144], ssd_tile_rows),
         ("scan", "RG-LRU linear scan bf16, tiled and lookback kernels, GB/s and fraction of device copy", scan,
          scan_rows),
         ("scan_tiles", f"lookback scan block shapes (T x D, warps) {SCAN_TILES}, fraction of device copy", tiles,
@@ -296,7 +313,7 @@ def sections(args) -> list[tuple[str, str, object, object]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smallest sizes only (a smoke run)")
-    ap.add_argument("--only", default="attention,ssd,scan,scan_tiles,conv", help="comma-separated sections")
+    ap.add_argument("--only", default="attention,ssd,ssd_tiles,scan,scan_tiles,conv", help="comma-separated sections")
     ap.add_argument("--ssd-lengths", default="4096,16384,65536,131072,262144", help="SSD sequence lengths")
     ap.add_argument("--profile", action="store_true",
                     help="also print per-kernel CUDA time, achieved bandwidth vs copy and kernel resources")
@@ -316,14 +333,14 @@ def main(argv: list[str] | None = None) -> int:
             if key in only:
                 print(f"{key}: {title}\n  cases: {cases}")
         if args.profile:
-            print(f"profile: SSD T={args.profile_t}, scan {sections(args)[2][2][:2]}, both variants each")
+            print(f"profile: SSD T={args.profile_t}, scan {sections(args)[3][2][:2]}, both variants each")
         return 0
     if args.static:
         if os.environ.get("TRITON_INTERPRET") == "1":
             print("--static compiles for a GPU: unset TRITON_INTERPRET")
             return 2
         from kernel_profile import static_rows
-        print_table("offline sm_90 compile (Triton, ptxas): per kernel", static_rows(SCAN_TILES))
+        print_table("offline sm_90 compile (Triton, ptxas): per kernel", static_rows(SPLIT_TILES, SCAN_TILES))
         return 0
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA device (none visible); --dry-run and --static run without one")
@@ -338,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             print_table(title, results[key])
             sys.stdout.flush()
     if args.profile:
-        for title, rows in profile_tables(args.profile_t, sections(args)[2][2][:2]):
+        for title, rows in profile_tables(args.profile_t, sections(args)[3][2][:2]):
             results[title] = rows
             print_table(title, rows)
             sys.stdout.flush()

@@ -47,12 +47,13 @@ def _rel(got, ref):
     return ((got - ref).norm() / ref.norm()).item()
 
 
-@pytest.mark.parametrize("b,t,h,g,p,n,chunk,dtype,tol", [
-    (2, 37, 4, 2, 8, 16, 16, torch.float32, 1e-5),     # groups (2 heads each), ragged last chunk
-    (1, 48, 4, 1, 12, 20, 16, torch.bfloat16, 2e-2),   # one group of 4, padded P and N, bf16
-])
-def test_split_backward_matches_reference(b, t, h, g, p, n, chunk, dtype, tol, monkeypatch):
+@pytest.mark.parametrize("b,t,h,g,p,n,chunk,dtype,tol,split_tiles", [
+    (2, 37, 4, 2, 8, 16, 16, torch.float32, 1e-5, ""),        # groups (2 heads each), ragged last chunk
+    (1, 48, 4, 1, 12, 40, 16, torch.bfloat16, 2e-2, "4,16,4"),  # one group of 4, padded P, bf16, dB/dC in
+])                                                             # 3 column blocks of 16 (last ragged)
+def test_split_backward_matches_reference(b, t, h, g, p, n, chunk, dtype, tol, split_tiles, monkeypatch):
     monkeypatch.setattr(dispatch, "POISON_OUTPUTS", True)
+    monkeypatch.setenv("LONGWEAVE_SSD_SPLIT_TILES", split_tiles)
     ins, doc, weights = _inputs(b, t, h, g, p, n, seed=t + h)
     ref = _grads(ssd_reference, torch.float64, ins, doc, weights)
     got = _grads(ssd_triton, dtype, ins, doc, weights, chunk_size=chunk, backward="split")
@@ -78,3 +79,24 @@ def test_env_switch_picks_the_split_backward(monkeypatch):
     monkeypatch.setenv("LONGWEAVE_SSD_BWD", "fastest")
     with pytest.raises(ValueError, match="LONGWEAVE_SSD_BWD='fastest' is not one of fused, split"):
         dispatch.ssd_bwd_variant()
+
+
+def test_kernel_benchmark_lists_both_variants_without_a_gpu(capsys):
+    """benchmarks/kernels.py runs --help and --dry-run on a CPU; the prepared GPU run covers SSD up to
+    256K with both backward variants and both scans; a bad section is exit code 2."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"   # its name clashes with kernels/
+    spec = importlib.util.spec_from_file_location("benchmark_kernels", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--help"])
+    assert exit_.value.code == 0
+    assert bench.main(["--dry-run", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "cases: [4096, 16384, 65536, 131072, 262144]" in out and "fused and split backward" in out
+    assert "(1, 262144, 2560)" in out and "tiled and lookback" in out and "profile: SSD T=65536" in out
+    assert bench.main(["--only", "ssd,nonsense"]) == 2
