@@ -45,7 +45,7 @@ def empty_output(shape, *, dtype, device, like=None):
 
 # Candidate kernel variants kept side by side until a GPU timing picks one (benchmarks/kernels.py).
 SSD_BWD_VARIANTS = ("fused", "split")
-SCAN_VARIANTS = ("tiled", "wide")
+SCAN_VARIANTS = ("tiled", "lookback")
 
 
 def _variant(env: str, choices: tuple[str, ...], requested: str | None) -> str:
@@ -63,5 +63,5 @@ def ssd_bwd_variant(requested: str | None = None) -> str:
 
 def scan_variant(requested: str | None = None) -> str:
     """Which Triton linear scan runs: `requested`, else LONGWEAVE_SCAN, else 'tiled'
-    (kernels/rglru/triton.py); 'wide' is kernels/rglru/triton_wide.py."""
+    (kernels/rglru/triton.py); 'lookback' is kernels/rglru/triton_lookback.py."""
     return _variant("LONGWEAVE_SCAN", SCAN_VARIANTS, requested)
