@@ -31,8 +31,10 @@ def _inputs(b, t, h, g, p, n, seed):
 
 
 def _grads(fn, dtype, ins, doc, weights, **kw):
-    leaves = {k: v.detach().to(torch.float64 if dtype == torch.float64 or k == "h0" else dtype).requires_grad_()
-              for k, v in ins.items()}
+    def cast(k):   # the initial state is fp32 (the accumulation dtype) unless everything is float64
+        return torch.float64 if dtype == torch.float64 else torch.float32 if k == "h0" else dtype
+
+    leaves = {k: v.detach().to(cast(k)).requires_grad_() for k, v in ins.items()}
     v = leaves
     y, final = fn(v["x"], v["dt"], v["A"], v["B"], v["C"], D=v["D"], initial_state=v["h0"], doc_ids=doc,
                   z=v["z"], dt_bias=v["dt_bias"], dt_softplus=True, return_final_state=True, **kw)
@@ -100,3 +102,21 @@ def test_kernel_benchmark_lists_both_variants_without_a_gpu(capsys):
     assert "cases: [4096, 16384, 65536, 131072, 262144]" in out and "fused and split backward" in out
     assert "(1, 262144, 2560)" in out and "tiled and lookback" in out and "profile: SSD T=65536" in out
     assert bench.main(["--only", "ssd,nonsense"]) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("split_tiles", ["", "4,64,4", "4,32,4"])
+def test_split_backward_on_gpu(dtype, tol, split_tiles, monkeypatch):
+    """Real sizes on a CUDA device (T=1500, P=64, N=128, groups), vs the float64 chunked path."""
+    from kernels.ssd import ssd_chunked
+
+    monkeypatch.setattr(dispatch, "POISON_OUTPUTS", True)
+    monkeypatch.setenv("LONGWEAVE_SSD_SPLIT_TILES", split_tiles)
+    ins, doc, weights = _inputs(2, 1500, 8, 2, 64, 128, seed=11)
+    ins, doc = {k: v.cuda() for k, v in ins.items()}, doc.cuda()
+    weights = tuple(w.cuda() for w in weights)
+    ref = _grads(ssd_chunked, torch.float64, ins, doc, weights, chunk_size=64)
+    got = _grads(ssd_triton, dtype, ins, doc, weights, chunk_size=64, backward="split")
+    for name, u, r in zip(NAMES, got, ref):
+        assert _rel(u, r) < tol, name
