@@ -84,6 +84,8 @@ def compile_offline(fn, ptr_types: dict, ints: dict, consts: dict, warps: int, a
         elif name in ptr_types:
             sig[name] = ptr_types[name]
             attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(ints.get(name), float):
+            sig[name] = "fp32"
         elif ints.get(name) == 1:                 # the launcher specialises 1 to a constant
             sig[name] = "constexpr"
             constexprs[name] = 1
@@ -109,6 +111,7 @@ def static_rows(split_tiles, scan_tiles, t: int = 65536, d: int = 2560, b: int =
     shapes (SSD bf16 H=32 P=64 N=128 G=1, kernel chunk 64; scan bf16 b×8192×d) and block choices
     (split_tiles: (dx warps, dB/dC columns, dB/dC warps); scan_tiles: (T, D, warps))."""
     from kernels.rglru import triton as tiled
+    from kernels.rglru import triton_gated as gated
     from kernels.rglru import triton_lookback as lb
     from kernels.ssd import triton_bwd as fused
     from kernels.ssd import triton_bwd_split as split
@@ -136,16 +139,17 @@ def static_rows(split_tiles, scan_tiles, t: int = 65536, d: int = 2560, b: int =
         consts = {k: v for k, v in {**tile, **extra}.items() if k in fn.arg_names}
         rows.append(dict(kernel=name, **compile_offline(fn, ssd_ptrs, ssd_ints, consts, warps)))
     scan_ptrs = dict(A=bf, X=bf, H=bf, H0=f32, DOC=i32, FINAL=f32, CARRY=i32, TICKET=i32, DH=bf, DFINAL=f32, DA=bf,
-                     DX=bf, DH0=f32)
-    flags = dict(HAS_H0=False, HAS_DOC=False, HAS_DFINAL=False)
+                     DX=bf, DH0=f32, U=bf, GA=bf, GX=bf, K=f32, UNSC=i32, DU=bf, DGA=bf, DGX=bf, DK_PART=f32)
+    flags = dict(HAS_H0=False, HAS_DOC=False, HAS_DFINAL=False, HAS_UNSCALED=False)
     bt, bd, opts = tiled._blocks(b, d)
     for name, fn in (("scan TILED fwd", tiled.scan_fwd_kernel), ("scan TILED bwd", tiled.scan_bwd_kernel)):
         consts = {k: v for k, v in dict(flags, BLOCK_T=bt, BLOCK_D=bd).items() if k in fn.arg_names}
         rows.append(dict(kernel=f"{name} {bt}x{bd}", **compile_offline(fn, scan_ptrs, dict(T=8192, D=d), consts,
                                                                        opts["num_warps"])))
     for bt, bd, warps in scan_tiles:
-        ints = dict(T=8192, D=d, NK=8192 // bt, NB=b, NDB=-(-d // bd))
-        for name, fn in (("scan LOOKBACK fwd", lb.lookback_fwd_kernel), ("scan LOOKBACK bwd", lb.lookback_bwd_kernel)):
+        ints = dict(T=8192, D=d, NK=8192 // bt, NB=b, NDB=-(-d // bd), max_sqrt_grad=1000.0)
+        for name, fn in (("scan LOOKBACK fwd", lb.lookback_fwd_kernel), ("scan LOOKBACK bwd", lb.lookback_bwd_kernel),
+                         ("rglru GATED fwd", gated.gated_fwd_kernel), ("rglru GATED bwd", gated.gated_bwd_kernel)):
             consts = {k: v for k, v in dict(flags, BLOCK_T=bt, BLOCK_D=bd).items() if k in fn.arg_names}
             rows.append(dict(kernel=f"{name} {bt}x{bd}", **compile_offline(fn, scan_ptrs, ints, consts, warps)))
     return rows

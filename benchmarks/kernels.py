@@ -1,7 +1,7 @@
 # ruff: noqa: B023  (closures are timed inside the loop iteration that made them)
 """Kernel benchmark (GPU): prints tables of measured figures for our fused kernels vs baselines.
 
-  python benchmarks/kernels.py [--quick] [--only attention,ssd,ssd_tiles,scan,scan_tiles,conv] [--profile]
+  python benchmarks/kernels.py [--quick] [--only attention,ssd,ssd_tiles,scan,scan_tiles,gated,conv] [--profile]
                                [--json PATH]      (GPU)
   python benchmarks/kernels.py --dry-run | --static    (no GPU: list the cases | offline sm_90 resources)
 
@@ -209,6 +209,33 @@ def scan_tile_rows(shapes, tiles=SCAN_TILES):
     return rows
 
 
+def gated_rows(shapes, c=8.0):
+    """Whole RG-LRU from gate pre-activations: fused Triton (read u, ga, gx, write h; backward reads
+    u, ga, gx, h, dh, writes du, dga, dgx) vs torch gate math + the tiled scan; ms, fused GB/s vs copy."""
+    from kernels.rglru.gated import gated_coefficients
+    from kernels.rglru.triton import linear_scan_triton
+    from kernels.rglru.triton_gated import rglru_gated_triton
+    rows = []
+    for b, t, d in shapes:
+        u, ga, gx = (torch.randn(b, t, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        lam = torch.randn(d, device="cuda", requires_grad=True)
+        dh = (torch.randn_like(u),)
+        nbytes = u.numel() * u.element_size()
+        copy = copy_gbs(2 * nbytes)
+        fused = lambda u, ga, gx, lam: rglru_gated_triton(u, ga, gx, lam, c)  # noqa: E731
+        unfused = lambda u, ga, gx, lam: linear_scan_triton(*gated_coefficients(u, ga, gx, lam, c)).to(u.dtype)  # noqa: E731
+        row = dict(shape=f"{b}x{t}x{d}", copy_gbs=copy)
+        for name, fn in (("fused", fused), ("unfused", unfused)):
+            fwd = bench(lambda: fn(u.detach(), ga.detach(), gx.detach(), lam.detach()))
+            both = bench(fwd_bwd(fn, (u, ga, gx, lam), dh))
+            row.update({f"{name}_fwd_ms": fwd, f"{name}_fwdbwd_ms": both})
+            if name == "fused":
+                row.update(fused_fwd_vs_copy=4 * nbytes / fwd / 1e6 / copy,
+                           fused_bwd_vs_copy=8 * nbytes / (both - fwd) / 1e6 / copy)
+        rows.append(row)
+    return rows
+
+
 def conv_rows(shapes):
     from kernels.conv1d import causal_conv1d_torch
     from kernels.conv1d.triton import causal_conv1d_triton
@@ -243,10 +270,10 @@ def our_kernels() -> dict:
     import triton
 
     from kernels.rglru import triton as tiled
-    from kernels.rglru import triton_lookback
+    from kernels.rglru import triton_gated, triton_lookback
     from kernels.ssd import triton_bwd, triton_bwd_split, triton_fwd
     found = {}
-    for mod in (triton_fwd, triton_bwd, triton_bwd_split, tiled, triton_lookback):
+    for mod in (triton_fwd, triton_bwd, triton_bwd_split, tiled, triton_lookback, triton_gated):
         for name, fn in vars(mod).items():
             if isinstance(fn, triton.runtime.JITFunction) and name.endswith("_kernel"):
                 found.setdefault(id(fn), (f"{mod.__name__.split('.')[-1]}.{name}", fn))
@@ -306,6 +333,8 @@ def sections(args) -> list[tuple[str, str, object, object]]:
          scan_rows),
         ("scan_tiles", f"lookback scan block shapes (T x D, warps) {SCAN_TILES}, fraction of device copy", tiles,
          scan_tile_rows),
+        ("gated", "RG-LRU from gate pre-activations bf16 c=8: fused Triton vs torch gates + tiled scan", scan[:2] +
+         scan[3:], gated_rows),
         ("conv", "causal conv1d k=4 + SiLU + doc resets, fwd+bwd bf16, ms", [(4, 8192, 4096)], conv_rows),
     ]
 
@@ -313,7 +342,7 @@ def sections(args) -> list[tuple[str, str, object, object]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smallest sizes only (a smoke run)")
-    ap.add_argument("--only", default="attention,ssd,ssd_tiles,scan,scan_tiles,conv", help="comma-separated sections")
+    ap.add_argument("--only", default="attention,ssd,ssd_tiles,scan,scan_tiles,gated,conv", help="comma-separated sections")
     ap.add_argument("--ssd-lengths", default="4096,16384,65536,131072,262144", help="SSD sequence lengths")
     ap.add_argument("--profile", action="store_true",
                     help="also print per-kernel CUDA time, achieved bandwidth vs copy and kernel resources")
