@@ -135,8 +135,8 @@ def _interpreted() -> bool:
 
 def lookback_tiles(d: int, default: tuple[int, int, int] = (32, 128, 4)) -> tuple[int, int, dict]:
     """(BLOCK_T, BLOCK_D, launch options): 32 tokens × up to 128 contiguous channels (256-byte rows
-    in bf16), 4 warps per program on a GPU: the largest tile an offline sm_90 compile showed without
-    register spills (215/255 registers forward, 255 backward; 64×128 spilled at 4 warps).
+    in bf16), 4 warps per program on a GPU (`benchmarks/kernels.py --static`, offline sm_90: 125 and
+    128 registers forward and backward, no spills, 4 programs per SM), until a GPU sweep picks.
     LONGWEAVE_SCAN_TILES='T,D,WARPS' overrides (for the benchmark's sweep); tiny tiles in the
     interpreter so tests cross many tiles."""
     if _interpreted():
