@@ -129,10 +129,12 @@ def chunk_dbc_kernel(X, DT, A, SEG, OTHER, STATE, DY, OUT, T, H, G, P, N, HS, sp
 def split_tiles(bn: int, warps: dict) -> tuple[dict, int, dict]:
     """(dx launch options, state columns per dB/dC program, dB/dC launch options):
     LONGWEAVE_SSD_SPLIT_TILES='DX_WARPS,DBC_COLUMNS,DBC_WARPS' (for the benchmark's sweep), else the
-    caller's warps and all columns. The interpreter (warps == {}) takes the columns only."""
+    caller's warps and 64 columns (`benchmarks/kernels.py --static`, offline sm_90, N=128, 8 warps:
+    137 KB of shared memory and spills at 128 columns, 89 KB and none at 64). The interpreter
+    (warps == {}) takes the columns only."""
     spec = os.environ.get("LONGWEAVE_SSD_SPLIT_TILES", "")
     if not spec:
-        return dict(warps), bn, dict(warps)
+        return dict(warps), min(bn, 64), dict(warps)
     dx_warps, cols, dbc_warps = (int(v) for v in spec.split(","))
     pick = (lambda w: {"num_warps": w}) if warps else (lambda w: {})
     return pick(dx_warps), min(bn, max(16, cols)), pick(dbc_warps)
