@@ -51,3 +51,27 @@ def empty_output(shape, *, dtype, device, like=None):
         fill = float("nan") if dtype.is_floating_point else -(2**30)
         return torch.full(shape, fill, dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+# Candidate kernel variants kept side by side until a GPU timing picks one (benchmarks/kernels.py).
+SSD_BWD_VARIANTS = ("fused", "split")
+SCAN_VARIANTS = ("tiled", "lookback")
+
+
+def _variant(env: str, choices: tuple[str, ...], requested: str | None) -> str:
+    name = (requested or os.environ.get(env, "") or choices[0]).strip().lower()
+    if name not in choices:
+        raise ValueError(f"{env}={name!r} is not one of {', '.join(choices)}")
+    return name
+
+
+def ssd_bwd_variant(requested: str | None = None) -> str:
+    """Which Triton SSD backward runs: `requested`, else LONGWEAVE_SSD_BWD, else 'fused'
+    (kernels/ssd/triton_bwd.py); 'split' is kernels/ssd/triton_bwd_split.py."""
+    return _variant("LONGWEAVE_SSD_BWD", SSD_BWD_VARIANTS, requested)
+
+
+def scan_variant(requested: str | None = None) -> str:
+    """Which Triton linear scan runs: `requested`, else LONGWEAVE_SCAN, else 'tiled'
+    (kernels/rglru/triton.py); 'lookback' is kernels/rglru/triton_lookback.py."""
+    return _variant("LONGWEAVE_SCAN", SCAN_VARIANTS, requested)

@@ -64,6 +64,8 @@ def validate_layout(dims: ParallelDims, model_cfg, pcfg=None, batch_size: int | 
         validate_tensor_parallel(dims.tp, model_cfg, specs)
     if dims.sp > 1:
         validate_sequence_parallel(specs)
+        if pcfg is not None:
+            validate_sp_mode(dims, model_cfg, pcfg, specs)
     if dims.pp > 1:
         chunks = dims.pp * (2 if pcfg is not None and pcfg.pp_schedule == "interleaved_1f1b" else 1)
         if len(symbols) < chunks:
@@ -104,3 +106,14 @@ def validate_sequence_parallel(specs) -> None:
         if spec.sp_hooks is None or missing:
             what = "is not sequence-parallel capable" if spec.sp_hooks is None else f"needs sp hooks {missing}"
             raise LayoutError(f"the {spec.description} ({spec.symbol!r}) {what}; set parallel.sp=1")
+
+
+def validate_sp_mode(dims: ParallelDims, model_cfg, pcfg, specs) -> None:
+    """parallel.sp_mode must be able to split each tensor-parallel rank's attention heads."""
+    from parallel.sequence.heads import mode_problem
+
+    attends = any(spec.sp_hooks is not None and "attention" in spec.sp_hooks for spec in specs)
+    heads = model_cfg.n_heads // dims.tp if attends else None
+    problem = mode_problem(getattr(pcfg, "sp_mode", "distattn"), dims.sp, getattr(pcfg, "sp_head_group", 1), heads)
+    if problem is not None:
+        raise LayoutError(problem)

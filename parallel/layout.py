@@ -64,7 +64,8 @@ def setup_parallel(pcfg, model_cfg, batch_size: int, device: torch.device) -> Pa
         # LightSeq sequence parallelism: the hooks the mixers call as ctx.sp (parallel/sequence/)
         from parallel.sequence import SequenceParallelHooks
 
-        sp_hooks = SequenceParallelHooks(mesh["sp"].get_group())
+        sp_hooks = SequenceParallelHooks(mesh["sp"].get_group(), mode=getattr(pcfg, "sp_mode", "distattn"),
+                                         head_group=getattr(pcfg, "sp_head_group", 1))
     return ParallelState(
         dims=dims, rank=rank, world=world, mesh=mesh, grad_group=grad_group, sp_hooks=sp_hooks,
         dp_rank=mesh.get_local_rank("dp"), sp_rank=mesh.get_local_rank("sp"),

@@ -46,3 +46,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if PoolRegistry.replaced:
+        terminalreporter.write_line(f"worker pools replaced for holding too many process groups: "
+                                    f"{PoolRegistry.replaced}")

@@ -86,8 +86,9 @@ def test_distattn_matches_reference_p2_p3_p4(pool2, pool3, pool4, hkv, with_docs
             assert rounds <= math.ceil(pool.world / 2) + 1
 
 
-def test_distattn_window_skips_masked_blocks(pool4):
-    out = pool4.run(distattn_vs_reference, 2, True, 5)
+@pytest.mark.parametrize("hkv", [2, 4], ids=["split_rows", "split_keys"])
+def test_distattn_window_skips_masked_blocks(pool4, hkv):
+    out = pool4.run(distattn_vs_reference, hkv, True, 5)
     assert max(err for err, _ in out) < 1e-10
     assert sum(info[1] for _, info in out) > 0          # far blocks neither sent nor computed
 
@@ -111,6 +112,20 @@ def test_distattn_bytes_are_unexpanded_kv(pool2):
     half_stats = 2 * 4 * 6 * 8                 # one [B, H, 6] float64 row statistic
     assert (f0, b0) == (kv_bytes + half_q + half_stats, kv_bytes + half_q)
     assert (f1, b1) == (half_q, kv_bytes + 2 * half_q + 2 * half_stats)
+
+
+def test_distattn_mha_split_round_splits_keys(pool2):
+    """P = 2, MHA (H = Hkv = 4): the shared block is split by keys, so rank 0 sends half its K/V
+    forward and returns the (o, lse) of all of rank 1's queries; the busiest rank's forward bytes
+    are then Ulysses' 4(P−1)/P · n·H·D. Backward: rank 0 sends the K/V half again and dQ, rank 1
+    its queries with dO, the row statistics and dK/dV of the half it computed."""
+    (_, (_, _, f0, b0, *_)), (_, (_, _, f1, b1, *_)) = pool2.run(distattn_vs_reference, 4, False, None)
+    q_bytes = 2 * 12 * 4 * 8 * 8               # B=2, n=12, H=4, D=8, float64
+    half_kv = 2 * 2 * 6 * 4 * 8 * 8            # k and v, 6 keys, Hkv=4
+    stats = 2 * 4 * 12 * 8                     # one [B, H, 12] float64 row statistic
+    assert (f0, b0) == (half_kv + q_bytes + stats, half_kv + q_bytes)
+    assert (f1, b1) == (q_bytes, 2 * q_bytes + 2 * stats + half_kv)
+    assert max(f0, f1) - stats == 4 * (2 - 1) / 2 * q_bytes      # Ulysses: q, k, v, o all-to-alls
 
 
 def overlap_order(rank, world):

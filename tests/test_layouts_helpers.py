@@ -4,8 +4,15 @@ Each helper is module-level so the forked gloo pool can run it by name.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+
 import torch
 import torch.distributed as dist
+
+# one per pytest process (fixed at import, before the pool forks, so every rank agrees): two test runs
+# at once on one machine would otherwise meet in one run directory and one refuses the other's lock
+DEFAULT_RUN_DIR = os.path.join(tempfile.gettempdir(), f"longweave-layout-test-{os.getpid()}")
 
 PATTERNS = {"transformer": "(*-)x2", "window": "W-*-", "mamba2": "M-M-", "griffin": "R-W-", "hybrid": "M-*-R-"}
 
@@ -18,7 +25,7 @@ def tiny_config(pattern: str = "(*-)x2", steps: int = 20, run_dir: str = "", **p
             "--model.lru_heads=4", "--model.window=8", "--data.seq_len=32", "--data.batch_size=4",
             f"--train.steps={steps}", "--train.device=cpu", "--train.log_every=1000", "--optim.warmup_steps=2",
             "--metrics.tensorboard=false", "--checkpoint.every=0", "--checkpoint.save_final=false",
-            "--checkpoint.resume=none", f"--train.run_dir={run_dir or '/tmp/longweave-layout-test'}"]
+            "--checkpoint.resume=none", f"--train.run_dir={run_dir or DEFAULT_RUN_DIR}"]
     over += [f"--parallel.{k}={v}" for k, v in parallel.items()]
     return load_config(None, over)
 

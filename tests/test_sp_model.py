@@ -31,7 +31,7 @@ def build(case: str):
     return models.build(cfg).double()
 
 
-def sp_vs_single(rank, world, case, checkpointing):
+def sp_vs_single(rank, world, case, checkpointing, mode="distattn", head_group=1):
     model = build(case)
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 64, (2, T), generator=g)
@@ -47,7 +47,7 @@ def sp_vs_single(rank, world, case, checkpointing):
         apply_activation_checkpointing(model)
     n = T // world
     sl = slice(rank * n, (rank + 1) * n)
-    hooks = SequenceParallelHooks()
+    hooks = SequenceParallelHooks(mode=mode, head_group=head_group)
     out = model(tokens[:, sl], pos[:, sl], docs[:, sl], sp=hooks)
     (out * w[:, sl]).sum().backward()
     err = float((out - ref[:, sl]).abs().max())
@@ -55,8 +55,8 @@ def sp_vs_single(rank, world, case, checkpointing):
     return err, grads, ref_grads, hooks.distattn_forward_calls
 
 
-def check(pool, case, checkpointing=False):
-    out = pool.run(sp_vs_single, case, checkpointing)
+def check(pool, case, checkpointing=False, mode="distattn", head_group=1):
+    out = pool.run(sp_vs_single, case, checkpointing, mode, head_group)
     assert max(o[0] for o in out) < 1e-10, case
     for name, ref in out[0][2].items():
         total = sum(o[1][name] for o in out)

@@ -6,6 +6,11 @@ materialising the score matrix. The mask takes the cheapest exact form (masks.ma
 for a block whose keys are all visible (whatever its offsets), the kernel's causal flag for the
 plain triangle, and an additive bias only for partially masked blocks (windows, documents).
 On CUDA, `F.scaled_dot_product_attention` serves calls that need no LSE; calls that need the LSE go to the Triton kernel or flash-attn (see kernels.attention).
+
+The returned LSE is differentiable (CpuFlash): aten's CPU flash op marks it non-differentiable,
+so a loss through the LSE would silently get no gradient. d lse_i / d s_ij = P_ij, so the LSE's
+gradient g is one more fused backward with V = 0 and a stand-in output whose row sum with dO' = 1
+is −g: dS = P ⊙ (0 − (−g)) = P ⊙ g, dQ = scale·dS K, dK = scale·dSᵀ Q.
 """
 from __future__ import annotations
 
@@ -49,9 +54,37 @@ def attention_sdpa(
     bias = None
     if mask is not None:
         bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-    o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        qt, kt, vt, 0.0, plain, attn_mask=bias, scale=scale
-    )
+    o, lse = CpuFlash.apply(qt, kt, vt, bias, plain, scale)
     if mask is not None:  # rows that see no key: the kernel leaves lse at 0, the contract says -inf
         lse = lse.masked_fill(~mask.any(-1), float("-inf"))
     return o.transpose(1, 2), lse
+
+
+class CpuFlash(torch.autograd.Function):
+    """torch's fused CPU flash attention, (o, lse) both differentiable (q, k, v: [B, H, T, D])."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, causal: bool, scale):
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, attn_mask=bias, scale=scale)
+        ctx.save_for_backward(q, k, v, o, lse, bias)
+        ctx.causal, ctx.scale = causal, scale
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse, bias = ctx.saved_tensors
+        grads = [torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)]
+
+        def fused(d_out, values, out):
+            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                d_out.contiguous(), q, k, values, out.contiguous(), lse, 0.0, ctx.causal,
+                attn_mask=bias, scale=ctx.scale)
+        if do is not None:
+            grads = list(fused(do, v, o))
+        if dlse is not None and bool(dlse.ne(0).any()):
+            ones = torch.ones_like(q)
+            stand_in = (-dlse.to(q.dtype) / q.shape[-1]).unsqueeze(-1).expand_as(q)
+            dq_l, dk_l, _ = fused(ones, torch.zeros_like(v), stand_in)
+            grads[0], grads[1] = grads[0] + dq_l, grads[1] + dk_l
+        return grads[0], grads[1], grads[2], None, None, None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import has_module, kernel_mode
+from kernels.dispatch import has_module, kernel_mode, scan_variant
 from kernels.rglru.reference import linear_scan_reference
 from kernels.rglru.scan import linear_scan_torch
 
@@ -17,7 +17,8 @@ __all__ = ["linear_scan", "linear_scan_reference", "linear_scan_torch", "select_
 
 def select_scan_path(x: torch.Tensor) -> str:
     """Name of the path `linear_scan` takes for x: 'reference', 'torch' or 'triton' (fused, one
-    pass over memory: CUDA with Triton installed, or forced by LONGWEAVE_KERNELS=triton)."""
+    pass over memory: CUDA with Triton installed, or forced by LONGWEAVE_KERNELS=triton). Which
+    Triton kernel: LONGWEAVE_SCAN=tiled (default) or lookback (kernels/dispatch.py:scan_variant)."""
     mode = kernel_mode()
     if mode == "reference":
         return "reference"
@@ -39,6 +40,10 @@ def linear_scan(
     path = select_scan_path(x)
     if path == "reference":
         return linear_scan_reference(a, x, **kwargs)
+    if path == "triton" and scan_variant() == "lookback":
+        from kernels.rglru.triton_lookback import linear_scan_lookback  # lazy, as below
+
+        return linear_scan_lookback(a, x, **kwargs)
     if path == "triton":
         from kernels.rglru.triton import linear_scan_triton  # lazy: TRITON_INTERPRET must be set first
 

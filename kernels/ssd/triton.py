@@ -3,8 +3,9 @@
 Same contract as kernels/ssd/reference.py. Forward: chunk states -> state passing -> chunk
 outputs (kernels/ssd/triton_fwd.py); backward: dL/d(entering state) per chunk -> reverse state
 passing -> one fused per-chunk kernel for dx, ddt, dB, dC and the decay gradients
-(kernels/ssd/triton_bwd.py). Small reductions (dA, dD, the chunk-decay gradient) are summed
-from per-program partials in torch. Triton is imported lazily by the dispatcher so
+(kernels/ssd/triton_bwd.py), or the 'split' candidate: separate chunk-parallel dx/ddt, dC and dB
+kernels (kernels/ssd/triton_bwd_split.py; LONGWEAVE_SSD_BWD or backward= picks, default fused).
+Small reductions (dA, dD, the chunk-decay gradient) are summed from per-program partials in torch. Triton is imported lazily by the dispatcher so
 TRITON_INTERPRET=1 can run these kernels on a CPU for the tests.
 """
 from __future__ import annotations
@@ -15,9 +16,10 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from kernels.dispatch import empty_output
+from kernels.dispatch import empty_output, ssd_bwd_variant
 from kernels.segments import segment_ids
 from kernels.ssd import triton_bwd as bwd
+from kernels.ssd import triton_bwd_split as bwd_split
 from kernels.ssd import triton_fwd as fwd
 from kernels.ssd.gating import with_gating
 
@@ -83,19 +85,20 @@ def _forward(x, dt, A, B, C, D, h0, seg, L):
 
 class _TritonSSD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, h0, seg, L):
+    def forward(ctx, x, dt, A, B, C, D, h0, seg, L, variant):
         y, final, enter, keep = _forward(x, dt, A, B, C, D, h0, seg, L)
         ctx.save_for_backward(x, dt, A, B, C, D, h0, seg, enter, keep)
-        ctx.L = L
+        ctx.L, ctx.variant = L, variant
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
         x, dt, A, B, C, D, h0, seg, enter, keep = ctx.saved_tensors
-        grads = bwd.ssd_backward(dy, dfinal, x, dt, A, B, C, D, h0, seg, enter, keep, ctx.L,
-                                 lowp=_lowp(x), warps=_warps(_pad(x.shape[3]), _pad(B.shape[3])))
+        run = bwd_split.ssd_backward_split if ctx.variant == "split" else bwd.ssd_backward
+        grads = run(dy, dfinal, x, dt, A, B, C, D, h0, seg, enter, keep, ctx.L,
+                    lowp=_lowp(x), warps=_warps(_pad(x.shape[3]), _pad(B.shape[3])))
         dx, ddt, dA, dB, dC, dD, dh0 = grads
-        return dx, ddt, dA, dB, dC, dD, dh0, None, None
+        return dx, ddt, dA, dB, dC, dD, dh0, None, None, None
 
 
 @with_gating
@@ -111,9 +114,12 @@ def ssd_triton(
     doc_ids: torch.Tensor | None = None,
     return_final_state: bool = False,
     chunk_size: int = 64,
+    backward: str | None = None,
 ):
     """y [b,t,h,p] in x.dtype (and the final state [b,h,p,n] fp32); float64 runs in fp32.
-    chunk_size is a hint: the kernels use kernel_chunk(chunk_size) (same result, see there)."""
+    chunk_size is a hint: the kernels use kernel_chunk(chunk_size) (same result, see there).
+    backward picks the backward kernels, 'fused' or 'split' (default: LONGWEAVE_SSD_BWD, else
+    'fused'; kernels/dispatch.py:ssd_bwd_variant)."""
     b, t, h, p = x.shape
     if h % B.shape[2]:
         raise ValueError(f"ssd: heads {h} must be a multiple of groups {B.shape[2]}")
@@ -121,6 +127,7 @@ def ssd_triton(
         raise RuntimeError("the Triton SSD on CPU needs TRITON_INTERPRET=1 (or run on a CUDA device)")
     if chunk_size < 1:
         raise ValueError(f"ssd: chunk_size must be positive, got {chunk_size}")
+    variant = ssd_bwd_variant(backward)
     in_dtype = x.dtype
     if in_dtype == torch.float64:
         x, dt, A, B, C = x.float(), dt.float(), A.float(), B.float(), C.float()
@@ -133,9 +140,9 @@ def ssd_triton(
         seg = (segment_ids(doc_ids) if doc_ids is not None
                else torch.zeros(b, t, dtype=torch.int64, device=x.device)).to(torch.int32).contiguous()
         h0 = initial_state.contiguous() if initial_state is not None else None
+        L = kernel_chunk(chunk_size, fp32=x.dtype == torch.float32 and not _interpreted())
         y, final = _TritonSSD.apply(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(),
-                                    C.contiguous(), D.contiguous() if D is not None else None, h0, seg,
-                                    kernel_chunk(chunk_size, fp32=x.dtype == torch.float32 and not _interpreted()))
+                                    C.contiguous(), D.contiguous() if D is not None else None, h0, seg, L, variant)
     if in_dtype == torch.float64:
         y, final = y.double(), final.double()
     return (y, final) if return_final_state else y

@@ -6,7 +6,13 @@ queries, attend them to their own K/V and send back the partial (o, lse). Partia
 log-sum-exp in fp32 (fp64 for fp64 inputs). The exchange for round d+1 is posted before
 round d's compute, so communication overlaps computation. Fully-masked blocks (documents,
 window) are neither sent nor computed. In the split round of even P (schedule.py) the owner
-computes the first half of its query rows and the helper, sent only the second half, the rest.
+and the helper share the block, split the way that sends fewer bytes from the busiest rank:
+- by query rows (GQA/MQA: K/V are small): the owner computes the first half of its rows; the
+  helper, sent only the second half, the rest;
+- by keys (when 4·Hkv > 3·H, e.g. MHA: K/V are twice the queries): the owner, sent only the first
+  half of the K/V chunk, attends all its queries to it; the helper attends them to the second
+  half. Per block the busiest rank then sends KV/2 + Q forward instead of KV + Q/2 (at P = 2
+  exactly Ulysses' bytes) and 2Q + KV/2 backward instead of Q + KV (equal for MHA).
 
 The backward mirrors the forward with the same table: dQ accumulates at the query owner, dK/dV
 at the key/value owner; each block's gradient uses the saved final output and LSE, so the
@@ -48,19 +54,27 @@ class DistAttnRun:
         """True when block (q_a, kv_b) must be computed."""
         return not self.chunks.skipped(a, b, self.window)
 
-    def _kw(self, a: int, b: int, rows: slice | None = None) -> dict:
+    def _kw(self, a: int, b: int, part: tuple[slice, slice] | None = None) -> dict:
         c = self.chunks
-        rows = rows or slice(0, c.n)
+        rows, keys = part or (slice(0, c.n), slice(0, c.n))
         q_docs = None if c.doc(a) is None else c.doc(a)[:, rows]
-        return dict(window=self.window, q_docs=q_docs, k_docs=c.doc(b),
-                    q_offset=c.offset(a) + rows.start, k_offset=c.offset(b), scale=self.scale)
+        k_docs = None if c.doc(b) is None else c.doc(b)[:, keys]
+        return dict(window=self.window, q_docs=q_docs, k_docs=k_docs,
+                    q_offset=c.offset(a) + rows.start, k_offset=c.offset(b) + keys.start, scale=self.scale)
 
-    def rows(self, plan, helper: bool) -> slice:
-        """The query rows of this round's block that this side computes (all unless split)."""
+    def part(self, plan, helper: bool) -> tuple[slice, slice]:
+        """(query rows, keys) of this round's block that this side computes: all of it unless the
+        round is split, then the owner's first or the helper's second half of the rows or keys."""
         n = self.chunks.n
+        full = slice(0, n)
         if not plan.split:
-            return slice(0, n)
-        return slice(n // 2, n) if helper else slice(0, n // 2)
+            return full, full
+        half = slice(n // 2, n) if helper else slice(0, n // 2)
+        return (full, half) if self.split_keys else (half, full)
+
+    def choose_split(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        """Split shared blocks by keys when K/V outweigh the queries enough (module docstring)."""
+        self.split_keys = 4 * k.shape[2] > 3 * q.shape[2]
 
     # ---------------------------------------------------------------- forward
     def post_inputs(self, d: int, kv: torch.Tensor, query_side: dict[str, tuple[torch.Tensor, int]]):
@@ -70,17 +84,18 @@ class DistAttnRun:
         name to (tensor, its token dim); only the helper's rows travel."""
         P, r = self.g.world, self.g.rank
         p = round_plan(P, d, r)
-        rows = self.rows(p, helper=True)
+        rows, keys = self.part(p, helper=True)[0], self.part(p, helper=False)[1]
 
         def helper_rows(t, dim):
             return t.narrow(dim, rows.start, rows.stop - rows.start)
+        owner_kv = kv.narrow(2, keys.start, keys.stop - keys.start)     # kv: [2, B, n, Hkv, D]
         sends, recvs = [], []
         if p.send_kv_to is not None and self._blk(p.send_kv_to, r):
-            sends.append((p.send_kv_to, kv))
+            sends.append((p.send_kv_to, owner_kv))
         if p.send_q_to is not None and self._blk(r, p.send_q_to):
             sends += [(p.send_q_to, helper_rows(t, dim)) for t, dim in query_side.values()]
         if p.own_from is not None and self._blk(r, p.own_from):
-            recvs.append((p.own_from, "kv", torch.empty_like(kv)))
+            recvs.append((p.own_from, "kv", torch.empty(owner_kv.shape, dtype=kv.dtype, device=kv.device)))
         if p.help_for is not None and self._blk(p.help_for, r):
             recvs += [(p.help_for, name, torch.empty(helper_rows(t, dim).shape, dtype=t.dtype, device=t.device)) for name, (t, dim) in query_side.items()]
         return self.g.exchange(sends, recvs)
@@ -97,6 +112,7 @@ class DistAttnRun:
     # ---------------------------------------------------------------- forward
     def forward(self, q, k, v):
         r = self.g.rank
+        self.choose_split(q, k)
         kv = torch.stack([k, v])                                     # one message, Hkv heads
         query_side = {"q": (q, 1)}
         bytes0 = self.g.bytes_sent
@@ -109,16 +125,18 @@ class DistAttnRun:
             sends, recvs = [], []
             did = False
             if "kv" in got:
-                mine = self.rows(p, helper=False)
-                o_b, lse_b = block_forward(q[:, mine], got["kv"][0], got["kv"][1], **self._kw(r, p.own_from, mine))
-                o, lse = merge_rows(o, lse, o_b, lse_b, mine)
+                mine = self.part(p, helper=False)
+                o_b, lse_b = block_forward(q[:, mine[0]], got["kv"][0], got["kv"][1], **self._kw(r, p.own_from, mine))
+                o, lse = merge_rows(o, lse, o_b, lse_b, mine[0])
                 did = True
             if "q" in got:
-                o_h, lse_h = block_forward(got["q"], k, v, **self._kw(p.help_for, r, self.rows(p, helper=True)))
+                helped = self.part(p, helper=True)
+                o_h, lse_h = block_forward(got["q"], k[:, helped[1]], v[:, helped[1]],
+                                           **self._kw(p.help_for, r, helped))
                 sends.append((p.help_for, o_h.to(q.dtype)))
                 sends.append((p.help_for, lse_h.contiguous()))
                 did = True
-            theirs = self.rows(p, helper=True)
+            theirs = self.part(p, helper=True)[0]
             if p.send_q_to is not None and self._blk(r, p.send_q_to):
                 recvs.append((p.send_q_to, "o", torch.empty(q[:, theirs].shape, dtype=q.dtype, device=q.device)))
                 recvs.append((p.send_q_to, "lse", torch.empty(lse[..., theirs].shape, dtype=acc, device=q.device)))
@@ -148,6 +166,7 @@ class DistAttnRun:
         r = self.g.rank
         acc = acc_dtype(q.dtype)
         bytes0 = self.g.bytes_sent
+        self.choose_split(q, k)
         delta = row_delta(o, do)
         kv = torch.stack([k, v])
         query_side = {"qdo": (torch.stack([q, do.to(q.dtype)]), 2), "stats": (torch.stack([lse.to(acc), delta]), 3)}
@@ -157,28 +176,35 @@ class DistAttnRun:
         for p, got in self.rounds(pending, kv, query_side):
             sends, recvs = [], []
             if "kv" in got:
-                mine = self.rows(p, helper=False)
-                dq_b, dk_b, dv_b = block_backward(q[:, mine], got["kv"][0], got["kv"][1], do[:, mine],
-                                                  lse[..., mine], delta[..., mine], **self._kw(r, p.own_from, mine))
-                dq[:, mine] += dq_b
+                mine = self.part(p, helper=False)
+                rows = mine[0]
+                dq_b, dk_b, dv_b = block_backward(q[:, rows], got["kv"][0], got["kv"][1], do[:, rows],
+                                                  lse[..., rows], delta[..., rows], **self._kw(r, p.own_from, mine))
+                dq[:, rows] += dq_b
                 sends.append((p.own_from, torch.stack([dk_b, dv_b])))
             if "qdo" in got:
                 qr, dor = got["qdo"][0], got["qdo"][1]
-                dq_h, dk_h, dv_h = block_backward(qr, k, v, dor, got["stats"][0], got["stats"][1],
-                                                  **self._kw(p.help_for, r, self.rows(p, helper=True)))
-                dk, dv = dk + dk_h, dv + dv_h
+                helped = self.part(p, helper=True)
+                keys = helped[1]
+                dq_h, dk_h, dv_h = block_backward(qr, k[:, keys], v[:, keys], dor, got["stats"][0], got["stats"][1],
+                                                  **self._kw(p.help_for, r, helped))
+                dk[:, keys] += dk_h
+                dv[:, keys] += dv_h
                 sends.append((p.help_for, dq_h))
-            theirs = self.rows(p, helper=True)
+            theirs = self.part(p, helper=True)[0]
+            given = self.part(p, helper=False)[1]          # the keys of my chunk an owner computed
             if p.send_kv_to is not None and self._blk(p.send_kv_to, r):
-                recvs.append((p.send_kv_to, "dkv", torch.empty((2, *k.shape), dtype=acc, device=k.device)))
+                shape = (2, k.shape[0], given.stop - given.start, *k.shape[2:])
+                recvs.append((p.send_kv_to, "dkv", torch.empty(shape, dtype=acc, device=k.device)))
             if p.send_q_to is not None and self._blk(r, p.send_q_to):
                 recvs.append((p.send_q_to, "dq", torch.empty(q[:, theirs].shape, dtype=acc, device=q.device)))
             if sends or recvs:
-                results.append((theirs, self.g.exchange(sends, recvs)))
-        for theirs, pend in results:
+                results.append(((theirs, given), self.g.exchange(sends, recvs)))
+        for (theirs, given), pend in results:
             got = pend.wait()
             if "dkv" in got:
-                dk, dv = dk + got["dkv"][0], dv + got["dkv"][1]
+                dk[:, given] += got["dkv"][0]
+                dv[:, given] += got["dkv"][1]
             if "dq" in got:
                 dq[:, theirs] += got["dq"]
         self.record.bwd_bytes += self.g.bytes_sent - bytes0

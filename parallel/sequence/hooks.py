@@ -30,6 +30,7 @@ from kernels.attention import attention as local_attention
 from parallel.sequence.chunks import ChunkLayout
 from parallel.sequence.distattn import CallRecord, dist_attention
 from parallel.sequence.halo import HaloFunction
+from parallel.sequence.heads import AllToAll, HeadLayout, head_group_size, kv_expansion, mode_problem
 from parallel.sequence.p2p import SPGroup
 from parallel.sequence.recurrent import sp_linear_scan, sp_ssd
 
@@ -37,9 +38,19 @@ MAX_RECORDS = 4096
 
 
 class SequenceParallelHooks:
-    def __init__(self, group=None):
+    """`mode` / `head_group`: parallel.sp_mode and parallel.sp_head_group (heads.py): how global
+    attention is laid out over heads and sequence. Windows, convolutions and recurrences take the
+    sequence path in every mode (a halo or exact state passing moves far fewer bytes)."""
+
+    def __init__(self, group=None, mode: str = "distattn", head_group: int = 1):
         self.g = SPGroup(group)
         self.world, self.rank = self.g.world, self.g.rank
+        problem = mode_problem(mode, self.world, head_group, None)
+        if problem is not None:
+            raise ValueError(problem)
+        self.mode = mode
+        self.head_layout = HeadLayout(self.g, head_group_size(mode, self.world, head_group))
+        self._ring: tuple[ChunkLayout, ChunkLayout] | None = None
         self.records: deque[CallRecord] = deque(maxlen=MAX_RECORDS)   # bounded: training never resets
         self.distattn_forward_calls = 0
         self._doc_src = None
@@ -112,8 +123,40 @@ class SequenceParallelHooks:
         cached, record = self._take("attention")
         if cached is None:
             self.distattn_forward_calls += 1
+        if self.head_layout.G > 1:
+            return self._head_attention(q, k, v, chunks, scale, cached, record)
         o = dist_attention(q, k, v, group=self.g, chunks=chunks, window=None, scale=scale,
                            record=record, cached=cached, keep=lambda res: self._keep("attention", cached, res, record))
+        return o
+
+    def _ring_chunks(self, chunks: ChunkLayout) -> ChunkLayout:
+        if self._ring is None or self._ring[0] is not chunks:
+            self._ring = (chunks, self.head_layout.ring_chunks(chunks))
+        return self._ring[1]
+
+    def _head_attention(self, q, k, v, chunks, scale, cached, record):
+        """ulysses / 2d: heads -> sequence inside the head group, DistAttn across groups (a single
+        local block when the group is all ranks), back to heads. A checkpoint's store keeps every
+        exchanged tensor, so the recomputation communicates nothing."""
+        lay = self.head_layout
+        problem = mode_problem(self.mode, self.world, lay.G, q.shape[2])
+        if problem is not None:
+            raise ValueError(problem)
+        e = kv_expansion(q.shape[2], k.shape[2], lay.G)
+        if e > 1:
+            k, v = k.repeat_interleave(e, dim=2), v.repeat_interleave(e, dim=2)
+        c = cached or {}
+        b, n, G, d = q.shape[0], q.shape[1], lay.G, q.shape[3]
+        hq, hkv = q.shape[2] // G, k.shape[2] // G
+        # one exchange for q, k and v: member i's share is [q heads i, k heads i, v heads i]
+        qkv = torch.cat([x.reshape(b, n, G, -1, d) for x in (q, k, v)], dim=3).reshape(b, n, -1, d)
+        qkvh = AllToAll.apply(qkv, lay.heads, True, c.get("qkv"), record)
+        qh, kh, vh = qkvh.split([hq, hkv, hkv], dim=2)
+        inner = {}
+        oh = dist_attention(qh, kh, vh, group=lay.ring, chunks=self._ring_chunks(chunks), window=None,
+                            scale=scale, record=record, cached=c.get("dist"), keep=lambda res: inner.update(dist=res))
+        o = AllToAll.apply(oh, lay.heads, False, c.get("o"), record)
+        self._keep("attention", cached, dict(qkv=qkvh.detach(), dist=inner["dist"], o=o.detach()), record)
         return o
 
     def _window_attention(self, q, k, v, window, doc_ids, chunks, scale):

@@ -1,0 +1,125 @@
+"""Head×sequence layouts for sequence-parallel attention: `parallel.sp_mode`.
+
+- distattn: every rank keeps all heads of its T/P tokens; DistAttn over the P ranks.
+- ulysses:  an all-to-all over heads gives each rank H/P heads of the whole sequence; plain
+            attention runs locally; a second all-to-all returns the output (DeepSpeed-Ulysses'
+            layout, our own code).
+- 2d:       the P ranks form P/G head groups of G adjacent ranks (parallel.sp_head_group = G).
+            An all-to-all inside a group gives each member H/G heads of the group's G·n tokens;
+            DistAttn runs across groups among the members holding the same heads (the USP /
+            LoongTrain layout); an all-to-all returns the output. G = P is ulysses, G = 1 distattn.
+
+All three are one code path here (HeadLayout with G = 1, P or sp_head_group). The all-to-alls
+are point-to-point exchanges on the sequence-parallel group (SubGroup), so no extra process
+group is created and the byte counter sees every message. K/V stay un-expanded when the group
+divides kv_heads; otherwise they are expanded by the smallest factor that makes it divide.
+"""
+from __future__ import annotations
+
+import torch
+
+from parallel.sequence.chunks import ChunkLayout
+from parallel.sequence.p2p import SPGroup
+
+SP_MODES = ("distattn", "ulysses", "2d")
+
+
+def head_group_size(mode: str, world: int, head_group: int) -> int:
+    """G: the ranks that exchange heads (1 for distattn, P for ulysses, sp_head_group for 2d)."""
+    return {"distattn": 1, "ulysses": world, "2d": head_group}[mode]
+
+
+def mode_problem(mode: str, sp: int, head_group: int, heads: int | None) -> str | None:
+    """Why (one line) `mode` cannot split `heads` query heads per tensor-parallel rank over sp ranks, or None."""
+    if mode not in SP_MODES:
+        return f"parallel.sp_mode={mode!r} is not one of {', '.join(SP_MODES)}"
+    if mode == "2d" and (head_group < 1 or sp % head_group):
+        return (f"parallel.sp_head_group={head_group} must divide parallel.sp={sp} for sp_mode='2d'; "
+                "pick a divisor of sp")
+    g = head_group_size(mode, sp, head_group)
+    if heads is not None and g > 1 and heads % g:
+        knob = "parallel.sp" if mode == "ulysses" else "parallel.sp_head_group"
+        return (f"sp_mode={mode!r} splits attention heads over {g} ranks but a tensor-parallel rank has "
+                f"{heads} query heads; make {knob} divide {heads} or use sp_mode='distattn'")
+    return None
+
+
+class SubGroup:
+    """A subset of the sequence-parallel ranks, with SPGroup's P2P interface (peers are indices
+    into `members`); messages and bytes go through the parent group."""
+
+    def __init__(self, parent: SPGroup, members: list[int]):
+        self.parent, self.members = parent, members
+        self.world, self.rank = len(members), members.index(parent.rank)
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.parent.bytes_sent
+
+    def exchange(self, sends, recvs):
+        return self.parent.exchange([(self.members[p], t) for p, t in sends],
+                                    [(self.members[p], key, buf) for p, key, buf in recvs])
+
+
+class HeadLayout:
+    """Where this rank sits in the head groups (size G) and the rings across them (size P/G)."""
+
+    def __init__(self, g: SPGroup, group_size: int):
+        P, G, r = g.world, group_size, g.rank
+        self.G, self.C = G, P // G
+        self.heads = SubGroup(g, [(r // G) * G + i for i in range(G)])
+        self.ring = SubGroup(g, [r % G + G * c for c in range(self.C)])
+
+    def ring_chunks(self, chunks: ChunkLayout) -> ChunkLayout:
+        """The chunk layout of the ring: C chunks of G·n tokens (a head group's tokens)."""
+        docs = None
+        if chunks.docs is not None:
+            docs = [torch.cat(chunks.docs[c * self.G:(c + 1) * self.G], dim=1) for c in range(self.C)]
+        return ChunkLayout(self.C, self.ring.rank, chunks.n * self.G, docs)
+
+
+def kv_expansion(heads: int, kv_heads: int, group: int) -> int:
+    """Smallest e dividing heads/kv_heads with group | kv_heads·e (repeat each kv head e times)."""
+    rep = heads // kv_heads
+    return next(e for e in range(1, rep + 1) if rep % e == 0 and (kv_heads * e) % group == 0)
+
+
+def all_to_all(x: torch.Tensor, sub: SubGroup, to_sequence: bool) -> torch.Tensor:
+    """to_sequence: [B, n, H', D] (my tokens, all heads) -> [B, G·n, H'/G, D] (the group's tokens,
+    my heads); otherwise the inverse. Member i gets head slice i / token chunk i."""
+    G, me = sub.world, sub.rank
+    if to_sequence:
+        parts = list(x.chunk(G, dim=2))
+        shape = parts[me].shape
+        cat_dim = 1
+    else:
+        parts = list(x.chunk(G, dim=1))
+        shape = parts[me].shape
+        cat_dim = 2
+    sends = [(i, parts[i]) for i in range(G) if i != me]
+    recvs = [(i, i, torch.empty(shape, dtype=x.dtype, device=x.device)) for i in range(G) if i != me]
+    got = sub.exchange(sends, recvs).wait()
+    got[me] = parts[me]
+    return torch.cat([got[i] for i in range(G)], dim=cat_dim)
+
+
+class AllToAll(torch.autograd.Function):
+    """all_to_all with its inverse as backward. `cached` (rematerialization) replaces the
+    forward's exchange by its earlier result; `record` counts the bytes."""
+
+    @staticmethod
+    def forward(ctx, x, sub: SubGroup, to_sequence: bool, cached, record):
+        ctx.sub, ctx.to_sequence, ctx.record = sub, to_sequence, record
+        if cached is not None:
+            return cached.clone()
+        before = sub.bytes_sent
+        y = all_to_all(x, sub, to_sequence)
+        record.fwd_bytes += sub.bytes_sent - before
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        before = ctx.sub.bytes_sent
+        dx = all_to_all(dy.contiguous(), ctx.sub, not ctx.to_sequence)
+        ctx.record.bwd_bytes += ctx.sub.bytes_sent - before
+        return dx, None, None, None, None
