@@ -19,12 +19,15 @@ REL = 1e-5
 def compiled_losses(rank, world, cfg):
     """(losses, graphs dynamo compiled): the count shows the blocks really ran compiled."""
     import torch._dynamo
+    import torch._inductor.config
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
-    torch._dynamo.config.automatic_dynamic_shapes = False     # dynamic=False: one static graph per shape
     counters.clear()
-    losses = train_losses(rank, world, cfg)
+    # dynamic=False: one static graph; compile in-process: a compile-worker pool started here would be
+    # inherited half-alive by the forked gloo workers, whose compiles then wait on it forever
+    with torch._dynamo.config.patch(automatic_dynamic_shapes=False), torch._inductor.config.patch(compile_threads=1):
+        losses = train_losses(rank, world, cfg)
     return losses, counters["stats"]["unique_graphs"]
 
 
