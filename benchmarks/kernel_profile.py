@@ -134,10 +134,18 @@ def static_rows(split_tiles, scan_tiles, t: int = 65536, d: int = 2560, b: int =
         for which in (False, True):
             ssd.append((f"ssd bwd SPLIT chunk_dbc ({'dB' if which else 'dC'}) cols {cols}", split.chunk_dbc_kernel,
                         dict(WANT_DB=which, BN=cols), warps))
+    chunk128 = [("ssd fwd chunk_state", fwd.chunk_state_kernel, {}, 8), ("ssd fwd chunk_out", fwd.chunk_out_kernel, {}, 8),
+                ("ssd bwd chunk_denter", fused.chunk_denter_kernel, {}, 8),
+                ("ssd bwd SPLIT chunk_dx", split.chunk_dx_kernel, {}, 8)] + [
+        (f"ssd bwd SPLIT chunk_dbc ({'dB' if which else 'dC'}) cols 64", split.chunk_dbc_kernel,
+         dict(WANT_DB=which, BN=64), 8) for which in (False, True)]
     rows = []
-    for name, fn, extra, warps in ssd:
-        consts = {k: v for k, v in {**tile, **extra}.items() if k in fn.arg_names}
-        rows.append(dict(kernel=name, **compile_offline(fn, ssd_ptrs, ssd_ints, consts, warps)))
+    for chunk, kernels in ((64, ssd), (128, chunk128)):
+        ints = dict(ssd_ints, NC=t // chunk)
+        for name, fn, extra, warps in kernels:
+            consts = {k: v for k, v in {**tile, "L": chunk, **extra}.items() if k in fn.arg_names}
+            rows.append(dict(kernel=f"{name} (chunk {chunk})",
+                             **compile_offline(fn, ssd_ptrs, ints, consts, warps)))
     scan_ptrs = dict(A=bf, X=bf, H=bf, H0=f32, DOC=i32, FINAL=f32, CARRY=i32, TICKET=i32, DH=bf, DFINAL=f32, DA=bf,
                      DX=bf, DH0=f32, U=bf, GA=bf, GX=bf, K=f32, UNSC=i32, DU=bf, DGA=bf, DGX=bf, DK_PART=f32)
     flags = dict(HAS_H0=False, HAS_DOC=False, HAS_DFINAL=False, HAS_UNSCALED=False)

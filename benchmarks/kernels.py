@@ -102,6 +102,8 @@ def ssd_closures(ins, dy, chunk=64):
     from kernels.ssd.triton import ssd_triton
     out = {v: fwd_bwd(lambda x, dt, A, B, C, D, v=v: ssd_triton(x, dt, A, B, C, D=D, chunk_size=chunk, backward=v),
                       ins, dy) for v in SSD_VARIANTS}
+    out["split128"] = fwd_bwd(lambda x, dt, A, B, C, D: ssd_triton(x, dt, A, B, C, D=D, chunk_size=128,
+                                                                   backward="split"), ins, dy)
     det = [t.detach() for t in ins]
     out["fwd"] = lambda: ssd_triton(*det[:5], D=det[5], chunk_size=chunk)
     return out
@@ -115,8 +117,9 @@ def ssd_rows(seqlens, chunk=64, torch_max_t=16384):
     for t in seqlens:
         ins, dy = ssd_inputs(t)
         runs = ssd_closures(ins, dy, chunk)
-        row = dict(T=t, fused_ms=bench(runs["fused"]), split_ms=bench(runs["split"]), fwd_ms=bench(runs["fwd"]),
-                   mamba_ms=None, mamba_fwd_ms=None, fused_vs_mamba=None, split_vs_mamba=None, torch_chunked_ms=None)
+        row = dict(T=t, fused_ms=bench(runs["fused"]), split_ms=bench(runs["split"]),
+                   split128_ms=bench(runs["split128"]), fwd_ms=bench(runs["fwd"]), mamba_ms=None, mamba_fwd_ms=None,
+                   fused_vs_mamba=None, split_vs_mamba=None, split128_vs_mamba=None, torch_chunked_ms=None)
         if mamba is not None:
             row["mamba_ms"] = bench(fwd_bwd(lambda x, dt, A, B, C, D: mamba_chunk_scan_combined_call(
                 mamba, x, dt, A, B, C, D), ins, dy))
@@ -124,6 +127,7 @@ def ssd_rows(seqlens, chunk=64, torch_max_t=16384):
             row["mamba_fwd_ms"] = bench(lambda: mamba_chunk_scan_combined_call(mamba, *det))
             row["fused_vs_mamba"] = row["mamba_ms"] / row["fused_ms"]
             row["split_vs_mamba"] = row["mamba_ms"] / row["split_ms"]
+            row["split128_vs_mamba"] = row["mamba_ms"] / row["split128_ms"]
         if t <= torch_max_t:
             row["torch_chunked_ms"] = bench(fwd_bwd(
                 lambda x, dt, A, B, C, D: ssd_chunked(x, dt, A, B, C, D=D, chunk_size=chunk), ins, dy), 2, 5)
@@ -138,12 +142,13 @@ def ssd_tile_rows(seqlens, tiles=SPLIT_TILES):
     rows = []
     for t in seqlens:
         ins, dy = ssd_inputs(t)
-        run = ssd_closures(ins, dy)["split"]
+        runs = ssd_closures(ins, dy)
         for dxw, cols, warps in tiles:
             os.environ["LONGWEAVE_SSD_SPLIT_TILES"] = f"{dxw},{cols},{warps}"
-            rows.append(dict(T=t, tiles=f"dx w{dxw}, dB/dC {cols} cols w{warps}", split_ms=bench(run)))
+            rows.append(dict(T=t, tiles=f"dx w{dxw}, dB/dC {cols} cols w{warps}", split_ms=bench(runs["split"]),
+                             split128_ms=bench(runs["split128"])))
         os.environ.pop("LONGWEAVE_SSD_SPLIT_TILES", None)
-        del ins, dy, run
+        del ins, dy, runs
     return rows
 
 
@@ -292,7 +297,7 @@ def profile_tables(t_ssd: int, scan_shapes) -> list[tuple[str, list[dict]]]:
     copy = copy_gbs(nb(x))
     passes = [("fwd", runs["fwd"], nb(x, dt, B, C, x), 0.0)]    # read x, dt, B, C; write y
     fwd_ms = bench(runs["fwd"])
-    for v in SSD_VARIANTS:   # backward: read x, dt, B, C, dy; write dx, ddt, dB, dC (fwd+bwd minus fwd)
+    for v in SSD_VARIANTS + ("split128",):   # bwd: read x, dt, B, C, dy; write dx, ddt, dB, dC (fwd+bwd − fwd)
         passes.append((f"{v} bwd", runs[v], nb(x, dt, B, C, x, x, dt, B, C), fwd_ms))
         tables.append((f"profile: SSD fwd+bwd ({v} backward), T={t_ssd}: CUDA time per kernel", kernel_times(runs[v])))
     for name, fn, nbytes, minus in passes:
@@ -326,7 +331,7 @@ def sections(args) -> list[tuple[str, str, object, object]]:
     return [
         ("attention", "attention causal bf16 d=128 H=16 (B*T = 64K tokens), TFLOP/s", lens, attention_rows),
         ("ssd", "SSD bf16, B=1 H=32 P=64 N=128 G=1, fwd+bwd ms, our fused and split backward "
-         "(mamba-ssm chunk 256, ours chunk 64)", ssd_lens, ssd_rows),
+         "(mamba-ssm chunk 256, ours chunk 64; split128: the split backward at chunk 128)", ssd_lens, ssd_rows),
         ("ssd_tiles", f"split SSD backward launch shapes {SPLIT_TILES} (dx warps, dB/dC columns, warps), "
          "fwd+bwd ms", [4096] if q else [65536, 262144], ssd_tile_rows),
         ("scan", "RG-LRU linear scan bf16, tiled and lookback kernels, GB/s and fraction of device copy", scan,
