@@ -1,15 +1,22 @@
 # ruff: noqa: B023  (closures are timed inside the loop iteration that made them)
 """Kernel benchmark (GPU): prints tables of measured figures for our fused kernels vs baselines.
 
-  python benchmarks/kernels.py [--quick] [--only attention,ssd,scan,conv] [--json PATH]
+  python benchmarks/kernels.py [--quick] [--only attention,ssd,ssd_tiles,scan,scan_tiles,gated,conv] [--profile]
+                               [--json PATH]      (GPU)
+  python benchmarks/kernels.py --dry-run | --static    (no GPU: list the cases | offline sm_90 resources)
 
 - attention, causal, bf16, d=128, fwd+bwd TFLOP/s (FLOPs: fwd 2·2·B·H·T²·d / 2 for causal,
   bwd 2.5× fwd), ours (Triton) vs torch SDPA with the flash backend and flash-attn if importable;
-- SSD fwd+bwd time, ours (Triton) vs mamba-ssm's `mamba_chunk_scan_combined` (if importable; its
+- SSD fwd+bwd time at T up to 256K, ours (Triton) with both backward variants (fused, split:
+  LONGWEAVE_SSD_BWD) vs mamba-ssm's `mamba_chunk_scan_combined` (if importable; its
   SSD kernels are pure Triton, so a wheel built with MAMBA_SKIP_CUDA_BUILD=TRUE works) and vs our
   torch-chunked path (T <= 16K: its Python loop over chunks makes longer runs slow to time);
 - RG-LRU linear scan achieved GB/s (forward: read a, x, write h; backward: read a, h, dh, write
-  da, dx) vs a device-to-device copy (read + write) measured in the same run;
+  da, dx) vs a device-to-device copy (read + write) measured in the same run, both kernels (tiled,
+  lookback: LONGWEAVE_SCAN) up to T = 256K, and the lookback kernel's block shapes side by side;
+- --profile: CUDA time per kernel, achieved bandwidth of each op and pass vs copy, and registers,
+  spills, shared memory and resident programs per SM of each compiled Triton kernel
+  (benchmarks/kernel_profile.py);
 - causal conv1d fwd+bwd time, ours (Triton) vs the torch path.
 Timing: triton.testing.do_bench (CUDA events, median), random inputs, after warm-up.
 """
@@ -20,25 +27,27 @@ import importlib.util
 import json
 import os
 import sys
+import traceback
 
 import torch
 import torch.nn.functional as F
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+# the checkout's packages first (a script's own folder comes first otherwise, and this file would
+# shadow the `kernels` package), then the sibling modules
+sys.path[:0] = [os.path.dirname(HERE), HERE]
 
-def bench(fn, warmup: int = 25, rep: int = 100) -> float:
-    """Median milliseconds of fn()."""
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
-
-
-def fwd_bwd(fn, inputs, grads):
-    """A closure running fn(*inputs) forward and backward (gradients of every input)."""
-    def run():
-        outs = fn(*inputs)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        torch.autograd.grad(outs, inputs, grads[:len(outs)])
-    return run
+from kernel_profile import bench, fwd_bwd  # noqa: E402
+from kernel_rows import (  # noqa: E402
+    SCAN_TILES,
+    SPLIT_TILES,
+    gated_rows,
+    profile_tables,
+    scan_rows,
+    scan_tile_rows,
+    ssd_rows,
+    ssd_tile_rows,
+)
 
 
 def attention_rows(seqlens, heads=16, d=128, tokens=65536):
@@ -74,62 +83,6 @@ def attention_rows(seqlens, heads=16, d=128, tokens=65536):
     return rows
 
 
-def ssd_rows(seqlens, heads=32, p=64, n=128, groups=1, chunk=64, torch_max_t=16384):
-    from kernels.ssd import ssd_chunked
-    from kernels.ssd.mamba import load_chunk_scan
-    from kernels.ssd.triton import ssd_triton
-    mamba = load_chunk_scan()
-    rows = []
-    for t in seqlens:
-        dev = dict(device="cuda", dtype=torch.bfloat16)
-        x = torch.randn(1, t, heads, p, **dev)
-        dt = F.softplus(torch.randn(1, t, heads, device="cuda") - 3).requires_grad_()
-        A = (-torch.rand(heads, device="cuda") - 0.5).requires_grad_()
-        B, C = torch.randn(1, t, groups, n, **dev), torch.randn(1, t, groups, n, **dev)
-        D = torch.randn(heads, device="cuda", requires_grad=True)
-        ins = [x.requires_grad_(), dt, A, B.requires_grad_(), C.requires_grad_(), D]
-        dy = (torch.randn_like(x),)
-        ours = bench(fwd_bwd(lambda x, dt, A, B, C, D: ssd_triton(x, dt, A, B, C, D=D, chunk_size=chunk), ins, dy))
-        ours_f = bench(lambda: ssd_triton(x.detach(), dt.detach(), A.detach(), B.detach(), C.detach(),
-                                          D=D.detach(), chunk_size=chunk))
-        row = dict(T=t, ours_ms=ours, ours_fwd_ms=ours_f, mamba_ms=None, mamba_fwd_ms=None, speedup_vs_mamba=None,
-                   torch_chunked_ms=None)
-        if mamba is not None:
-            row["mamba_ms"] = bench(fwd_bwd(lambda x, dt, A, B, C, D: mamba_chunk_scan_combined_call(
-                mamba, x, dt, A, B, C, D), ins, dy))
-            row["mamba_fwd_ms"] = bench(lambda: mamba_chunk_scan_combined_call(
-                mamba, x.detach(), dt.detach(), A.detach(), B.detach(), C.detach(), D.detach()))
-            row["speedup_vs_mamba"] = row["mamba_ms"] / ours
-        if t <= torch_max_t:
-            row["torch_chunked_ms"] = bench(fwd_bwd(
-                lambda x, dt, A, B, C, D: ssd_chunked(x, dt, A, B, C, D=D, chunk_size=chunk), ins, dy), 2, 5)
-        rows.append(row)
-    return rows
-
-
-def mamba_chunk_scan_combined_call(fn, x, dt, A, B, C, D):
-    return fn(x, dt, A, B, C, chunk_size=256, D=D)
-
-
-def scan_rows(shapes):
-    from kernels.rglru.triton import linear_scan_triton
-    rows = []
-    for b, t, d in shapes:
-        a = (torch.rand(b, t, d, device="cuda") * 0.5 + 0.5).to(torch.bfloat16).requires_grad_()
-        x = torch.randn(b, t, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        dh = torch.randn_like(x)
-        nbytes = a.numel() * a.element_size()
-        src = torch.randn(4 * b * t * d // 2, device="cuda", dtype=torch.bfloat16)  # 2 tensors' worth of bytes
-        dst = torch.empty_like(src)
-        copy_ms = bench(lambda: dst.copy_(src))
-        copy_gbs = 2 * src.numel() * src.element_size() / copy_ms / 1e6
-        fwd_ms = bench(lambda: linear_scan_triton(a.detach(), x.detach()))
-        bwd_ms = bench(lambda: torch.autograd.grad(linear_scan_triton(a, x), (a, x), dh)) - fwd_ms
-        rows.append(dict(shape=f"{b}x{t}x{d}", copy_gbs=copy_gbs, fwd_gbs=3 * nbytes / fwd_ms / 1e6,
-                         bwd_gbs=5 * nbytes / bwd_ms / 1e6, fwd_vs_copy=3 * nbytes / fwd_ms / 1e6 / copy_gbs))
-    return rows
-
-
 def conv_rows(shapes):
     from kernels.conv1d import causal_conv1d_torch
     from kernels.conv1d.triton import causal_conv1d_triton
@@ -159,41 +112,93 @@ def print_table(title: str, rows: list[dict]) -> None:
         print("| " + " | ".join(fmt(r[c]).ljust(w) for c, w in zip(cols, widths)) + " |")
 
 
+def sections(args) -> list[tuple[str, str, object, object]]:
+    """(key, title, cases, rows(cases)) of every section, in order."""
+    q = args.quick
+    lens = [8192] if q else [8192, 16384, 32768, 65536]
+    ssd_lens = [4096] if q else [int(v) for v in args.ssd_lengths.split(",")]
+    scan = [(4, 4096, 2560)] if q else [(4, 4096, 2560), (8, 8192, 2560), (1, 131072, 2560), (1, 262144, 2560)]
+    tiles = [(4, 4096, 2560)] if q else [(8, 8192, 2560), (1, 262144, 2560)]
+    return [
+        ("attention", "attention causal bf16 d=128 H=16 (B*T = 64K tokens), TFLOP/s", lens, attention_rows),
+        ("ssd", "SSD bf16, B=1 H=32 P=64 N=128 G=1, fwd+bwd ms, our fused and split backward "
+         "(mamba-ssm chunk 256, ours chunk 64; split128: the split backward at chunk 128)", ssd_lens, ssd_rows),
+        ("ssd_tiles", f"split SSD backward launch shapes {SPLIT_TILES} (dx warps, dB/dC columns, warps), "
+         "fwd+bwd ms", [4096] if q else [65536, 262144], ssd_tile_rows),
+        ("scan", "RG-LRU linear scan bf16, tiled and lookback kernels, GB/s and fraction of device copy", scan,
+         scan_rows),
+        ("scan_tiles", f"lookback scan block shapes (T x D, warps) {SCAN_TILES}, fraction of device copy", tiles,
+         scan_tile_rows),
+        ("gated", "RG-LRU from gate pre-activations bf16 c=8: fused Triton vs torch gates + tiled scan", scan[:2] +
+         scan[3:], gated_rows),
+        ("conv", "causal conv1d k=4 + SiLU + doc resets, fwd+bwd bf16, ms", [(4, 8192, 4096)], conv_rows),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smallest sizes only (a smoke run)")
-    ap.add_argument("--only", default="attention,ssd,scan,conv")
+    ap.add_argument("--only", default="attention,ssd,ssd_tiles,scan,scan_tiles,gated,conv", help="comma-separated sections")
+    ap.add_argument("--ssd-lengths", default="4096,16384,65536,131072,262144", help="SSD sequence lengths")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print per-kernel CUDA time, achieved bandwidth vs copy and kernel resources")
+    ap.add_argument("--profile-t", type=int, default=65536, help="SSD length for --profile")
+    ap.add_argument("--static", action="store_true",
+                    help="only print registers/spills/shared memory per kernel from an offline sm_90 compile (no GPU)")
+    ap.add_argument("--dry-run", action="store_true", help="list the sections and cases, run nothing")
     ap.add_argument("--json", default=None, help="also write all rows to this JSON file")
     args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    known = [key for key, *_ in sections(args)]
+    if only - set(known):
+        print(f"--only: unknown section(s) {', '.join(sorted(only - set(known)))}; choose from {', '.join(known)}")
+        return 2
+    if args.dry_run:
+        for key, title, cases, _ in sections(args):
+            if key in only:
+                print(f"{key}: {title}\n  cases: {cases}")
+        if args.profile:
+            print(f"profile: SSD T={args.profile_t}, scan {sections(args)[3][2][:2]}, both variants each")
+        return 0
+    if args.static:
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            print("--static compiles for a GPU: unset TRITON_INTERPRET")
+            return 2
+        from kernel_profile import static_rows
+        print_table("offline sm_90 compile (Triton, ptxas): per kernel", static_rows(SPLIT_TILES, SCAN_TILES))
+        return 0
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py needs a CUDA device (none visible)")
+        print("benchmarks/kernels.py needs a CUDA device (none visible); --dry-run and --static run without one")
         return 2
     torch.manual_seed(0)
-    only = set(args.only.split(","))
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"triton {importlib.import_module('triton').__version__}")
-    results = {}
-    lens = [8192] if args.quick else [8192, 16384, 32768, 65536]
-    sections = [
-        ("attention", "attention causal bf16 d=128 H=16 (B*T = 64K tokens), TFLOP/s", lambda: attention_rows(lens)),
-        ("ssd", "SSD bf16, B=1 H=32 P=64 N=128 G=1, ms (mamba-ssm chunk 256, ours chunk 64)",
-         lambda: ssd_rows([4096] if args.quick else [4096, 16384, 65536])),
-        ("scan", "RG-LRU linear scan bf16, GB/s vs device copy",
-         lambda: scan_rows([(4, 4096, 2560)] if args.quick else [(4, 4096, 2560), (8, 8192, 2560)])),
-        ("conv", "causal conv1d k=4 + SiLU + doc resets, fwd+bwd bf16, ms",
-         lambda: conv_rows([(4, 8192, 4096)])),
-    ]
-    for key, title, fn in sections:
-        if key in only:
-            results[key] = fn()
-            print_table(title, results[key])
-            sys.stdout.flush()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
+    results, failed = {}, []
 
+    def record(title, make_rows):
+        """Print one table (and keep going if it fails: one GPU run must bring back every other table)."""
+        try:
+            results[title] = make_rows()
+        except Exception as exc:  # noqa: BLE001
+            failed.append(title)
+            print(f"\n{title}\nFAILED: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+        else:
+            print_table(title, results[title])
+        sys.stdout.flush()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+
+    for key, title, cases, rows in sections(args):
+        if key in only:
+            record(title, lambda: rows(cases))
+    if args.profile:
+        profiled = []
+        record("profile", lambda: profiled.extend(profile_tables(args.profile_t, sections(args)[3][2][:2])) or [])
+        for title, rows in profiled:
+            record(title, lambda: rows)
+    return 1 if failed else 0
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
     raise SystemExit(main())

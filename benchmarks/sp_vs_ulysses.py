@@ -1,15 +1,18 @@
-"""DistAttn against DeepSpeed-Ulysses, side by side on gloo CPU: same inputs, fwd+bwd time of the
-slowest rank and forward bytes sent per rank.
+"""Our sequence-parallel attention in every sp_mode against DeepSpeed-Ulysses, side by side on gloo
+CPU: same inputs, fwd+bwd time of the slowest rank, forward bytes sent by the busiest rank, and
+activation memory (bytes autograd saves) per rank × P against one process.
 
     python benchmarks/sp_vs_ulysses.py [--worlds 2,4] [--seq-lens 2048,8192] [--docs none,packed]
 
 One attention call, B=1, H=8 heads of 64 (GQA off: Ulysses refuses kv heads < P), fp32, causal.
 Ulysses is deepspeed.sequence.layer.DistributedAttention (all-to-all of heads) around our local
 kernel (kernels.attention.attention: the CPU flash kernel, per-document pieces for packed
-documents), so both sides use the same compute kernel. Ours is parallel.sequence's DistAttn.
-Each rank runs both alternately, one untimed warm-up, then `--reps` timed calls each; a call's
-time is the slowest rank's, the figure the median over calls. Bytes: ours measured by the
-P2P counter; Ulysses' forward is 4 all-to-alls of (P−1)/P of a [N/P, H, D] tensor (q, k, v, out).
+documents), so both sides use the same compute kernel. Ours is parallel.sequence's
+SequenceParallelHooks.attention in each sp_mode (distattn, ulysses, and 2d with head groups of 2
+where P > 2). Each rank runs all of them in rotating order, one untimed warm-up (which measures
+the saved bytes), then `--reps` timed calls each; a call's time is the slowest rank's, the figure
+the median over calls. Bytes: ours measured by the
+P2P counter (all-to-alls included); Ulysses' forward is 4 all-to-alls of (P−1)/P of a [N/P, H, D] tensor (q, k, v, out).
 Units: N·d = sequence tokens × H·D fp32 elements. One thread per rank, set explicitly.
 """
 from __future__ import annotations
@@ -37,6 +40,32 @@ def packed_docs(t: int) -> torch.Tensor:
     return cuts.cumsum(1)
 
 
+class SavedBytes:
+    """Bytes of the tensors autograd saves for backward (activation memory), storages once."""
+
+    def __init__(self):
+        self.seen, self.total = set(), 0
+
+    def pack(self, t: torch.Tensor):
+        key = t.untyped_storage().data_ptr()
+        if key not in self.seen:
+            self.seen.add(key)
+            self.total += t.untyped_storage().nbytes()
+        return t
+
+
+def saved_bytes(fn) -> int:
+    counter = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda x: x):
+        fn()
+    return counter.total
+
+
+def modes_for(world: int) -> list[str]:
+    """Our modes at this P: 2d (head groups of 2) only where it differs from ulysses (P > 2)."""
+    return ["distattn", "ulysses"] + (["2d"] if world > 2 else [])
+
+
 def worker(rank: int, world: int, args) -> dict:
     import torch.distributed as dist
 
@@ -45,48 +74,56 @@ def worker(rank: int, world: int, args) -> dict:
     from deepspeed.sequence.layer import DistributedAttention
 
     from kernels.attention import attention
-    from parallel.sequence.chunks import ChunkLayout
-    from parallel.sequence.distattn import CallRecord, dist_attention
-    from parallel.sequence.p2p import SPGroup
+    from parallel.sequence import SequenceParallelHooks
 
     t, n = args.seq_len, args.seq_len // world
     gen = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(1, t, H, D, generator=gen) for _ in range(4))
     sl = slice(rank * n, (rank + 1) * n)
     docs = packed_docs(t) if args.layout == "packed" else None
+    local_docs = None if docs is None else docs[:, sl].clone()
     deepspeed.init_distributed(dist_backend="gloo")      # adopts the torch process group already set up
-    group = SPGroup()
-    group.warmup()
-    chunks = ChunkLayout(world, rank, n, None if docs is None else [docs[:, i * n:(i + 1) * n] for i in range(world)])
+    hooks = {mode: SequenceParallelHooks(mode=mode, head_group=2) for mode in modes_for(world)}
 
     def local(qh, kh, vh, *_, **__):
         return attention(qh, kh, vh, causal=True, q_doc_ids=docs, k_doc_ids=docs)
 
     ulysses = DistributedAttention(local, dist.group.WORLD, scatter_idx=2, gather_idx=1)
-    record = CallRecord()
 
-    def ours():
-        x = [z[:, sl].clone().requires_grad_(True) for z in (q, k, v)]
-        dist_attention(*x, group=group, chunks=chunks, record=record).backward(do[:, sl])
+    def leaves():
+        return [z[:, sl].clone().requires_grad_(True) for z in (q, k, v)]
+
+    def ours(mode):
+        def call():
+            hooks[mode].attention(*leaves(), causal=True, window=None, doc_ids=local_docs).backward(do[:, sl])
+        return call
 
     def theirs():
-        x = [z[:, sl].clone().requires_grad_(True) for z in (q, k, v)]
-        ulysses(*x, 0).backward(do[:, sl])
+        ulysses(*leaves(), 0).backward(do[:, sl])
 
     with torch.no_grad():                                 # same inputs, same answer (fp32 round-off)
-        x = [z[:, sl] for z in (q, k, v)]
-        gap = (dist_attention(*x, group=group, chunks=chunks) - ulysses(*x, 0)).abs().max()
-        assert gap < 1e-4, f"DistAttn and Ulysses disagree by {gap:.2e}"
-    times = {"ours": [], "ulysses": []}
-    for rep in range(args.reps + 1):
-        for name, fn in (("ours", ours), ("ulysses", theirs))[:: 1 if rep % 2 else -1]:
+        want = ulysses(*(z[:, sl] for z in (q, k, v)), 0)
+        for mode, h in hooks.items():
+            gap = (h.attention(*(z[:, sl] for z in (q, k, v)), doc_ids=local_docs) - want).abs().max()
+            assert gap < 1e-4, f"{mode} and Ulysses disagree by {gap:.2e}"
+    fns = {mode: ours(mode) for mode in hooks} | {"deepspeed": theirs}
+    out = {"times": {name: [] for name in fns}, "act": {}, "fwd_bytes": {}}
+    for name, fn in fns.items():                          # untimed warm-up, measuring saved bytes
+        dist.barrier()
+        out["act"][name] = saved_bytes(fn)
+    for mode, h in hooks.items():
+        out["fwd_bytes"][mode] = h.records[-1].fwd_bytes
+    if rank == 0:
+        x = [z.clone().requires_grad_(True) for z in (q, k, v)]
+        out["act_one_process"] = saved_bytes(lambda: attention(*x, causal=True, q_doc_ids=docs, k_doc_ids=docs))
+    names = list(fns)
+    for rep in range(args.reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:   # rotate the order
             dist.barrier()
             t0 = time.perf_counter()
-            fn()
-            if rep:
-                times[name].append(time.perf_counter() - t0)
-    fwd_bytes = record.fwd_bytes // (args.reps + 1)            # the record sums every timed call
-    return {"times": times, "fwd_bytes": fwd_bytes}
+            fns[name]()
+            out["times"][name].append(time.perf_counter() - t0)
+    return out
 
 
 def main() -> None:
@@ -97,26 +134,33 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     print(f"# gloo CPU, 1 thread per rank, B=1, H={H}, head_dim={D}, fp32, causal, median of {args.reps} "
-          f"(slowest rank per call); machine shared with other jobs: ratios matter, not seconds")
+          f"(slowest rank per call); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start: "
+          "ratios matter, not seconds")
     from parallel.sequence.schedule import rank_work
 
     print("| P | " + " | ".join(str(w) for w in range(2, 9)) + " |\n|---|" + "---|" * 7)
     print("| busiest rank / mean (causal blocks, schedule) | "
           + " | ".join(f"{max(rank_work(w)) / (sum(rank_work(w)) / w):.2f}" for w in range(2, 9)) + " |\n")
-    print("| P | T | documents | ours fwd+bwd s | Ulysses s | ours / Ulysses | fwd bytes/rank (N·d) ours / Ulysses |")
-    print("|---|---|---|---|---|---|---|")
+    print("| P | T | documents | sp_mode | ours fwd+bwd s | DeepSpeed-Ulysses s | ours / Ulysses "
+          "| fwd bytes busiest rank (N·d) ours / Ulysses | act/rank × P / one process: ours, Ulysses |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for t in (int(x) for x in args.seq_lens.split(",")):
         for world in (int(x) for x in args.worlds.split(",")):
             for layout in args.docs.split(","):
                 args.seq_len, args.layout = t, layout
                 res = run_ranks(world, worker, args)
                 med = {name: statistics.median(max(r["times"][name][i] for r in res) for i in range(args.reps))
-                       for name in ("ours", "ulysses")}
+                       for name in res[0]["times"]}
                 nd = t * H * D * 4
-                ours_b = max(r["fwd_bytes"] for r in res) / nd
                 uly_b = 4 * (world - 1) / world * (t // world) * H * D * 4 / nd
-                print(f"| {world} | {t} | {layout} | {med['ours']:.3f} | {med['ulysses']:.3f} "
-                      f"| {med['ours'] / med['ulysses']:.2f}x | {ours_b:.2f} / {uly_b:.2f} |", flush=True)
+                one = res[0]["act_one_process"]
+                act_ds = max(r["act"]["deepspeed"] for r in res) * world / one
+                for mode in modes_for(world):
+                    ours_b = max(r["fwd_bytes"][mode] for r in res) / nd
+                    act = max(r["act"][mode] for r in res) * world / one
+                    print(f"| {world} | {t} | {layout} | {mode} | {med[mode]:.3f} | {med['deepspeed']:.3f} "
+                          f"| {med[mode] / med['deepspeed']:.2f}x | {ours_b:.2f} / {uly_b:.2f} "
+                          f"| {act:.2f}, {act_ds:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -133,10 +133,10 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def lookback_tiles(d: int) -> tuple[int, int, dict]:
+def lookback_tiles(d: int, default: tuple[int, int, int] = (32, 128, 4)) -> tuple[int, int, dict]:
     """(BLOCK_T, BLOCK_D, launch options): 32 tokens × up to 128 contiguous channels (256-byte rows
-    in bf16), 4 warps per program on a GPU: the largest tile an offline sm_90 compile showed without
-    register spills (215/255 registers forward, 255 backward; 64×128 spilled at 4 warps).
+    in bf16), 4 warps per program on a GPU (`benchmarks/kernels.py --static`, offline sm_90: 125 and
+    128 registers forward and backward, no spills, 4 programs per SM), until a GPU sweep picks.
     LONGWEAVE_SCAN_TILES='T,D,WARPS' overrides (for the benchmark's sweep); tiny tiles in the
     interpreter so tests cross many tiles."""
     if _interpreted():
@@ -145,7 +145,8 @@ def lookback_tiles(d: int) -> tuple[int, int, dict]:
     if spec:
         bt, bd, warps = (int(v) for v in spec.split(","))
         return bt, bd, {"num_warps": warps}
-    return 32, min(128, triton.next_power_of_2(d)), {"num_warps": 4}
+    bt, bd, warps = default
+    return bt, min(bd, triton.next_power_of_2(d)), {"num_warps": warps}
 
 
 def _grid_buffers(bsz, t, d, device):

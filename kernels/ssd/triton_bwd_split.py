@@ -15,6 +15,8 @@ Only state_pass_bwd_kernel walks the chunks of a sequence, on [p·n] fp32 vector
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -81,7 +83,9 @@ def chunk_dbc_kernel(X, DT, A, SEG, OTHER, STATE, DY, OUT, T, H, G, P, N, HS, sp
                      WANT_DB: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                      LOWP: tl.constexpr):
     """dC (WANT_DB false: OTHER = B, STATE = entering states) or dB (OTHER = C, STATE = dL/d chunk
-    state) of one chunk, summed over this program's share of the group's heads:
+    state) of one chunk and BN of the N state columns (grid axis 2: columns are independent, so a
+    narrower BN trades recomputing dy (dt∘x)ᵀ for fewer live registers and less shared memory),
+    summed over this program's share of the group's heads:
       dC = Σ_h (dy (dt∘x)ᵀ ∘ decay) B + e ∘ dy H_inᵀ,   dB = Σ_h (...)ᵀ C + w ∘ (dt∘x) dH_c."""
     c = tl.program_id(0)
     split = tl.program_id(1) % HS
@@ -95,7 +99,7 @@ def chunk_dbc_kernel(X, DT, A, SEG, OTHER, STATE, DY, OUT, T, H, G, P, N, HS, sp
     tok = c * L + rows
     valid = tok < T
     pp = tl.arange(0, BP)
-    nn = tl.arange(0, BN)
+    nn = tl.program_id(2) * BN + tl.arange(0, BN)
     pmask = valid[:, None] & (pp[None, :] < P)
     nmask = valid[:, None] & (nn[None, :] < N)
     smask = (pp[:, None] < P) & (nn[None, :] < N)
@@ -120,6 +124,20 @@ def chunk_dbc_kernel(X, DT, A, SEG, OTHER, STATE, DY, OUT, T, H, G, P, N, HS, sp
             acc += _mm(dcbm, other, LOWP, X.dtype.element_ty) + e[:, None] * _mm(dy, st, LOWP, X.dtype.element_ty)
     out = split.to(tl.int64) * split_stride + ((b * T + tok[:, None]) * G + g) * N + nn[None, :]
     tl.store(OUT + out, acc, mask=nmask)
+
+
+def split_tiles(bn: int, warps: dict) -> tuple[dict, int, dict]:
+    """(dx launch options, state columns per dB/dC program, dB/dC launch options):
+    LONGWEAVE_SSD_SPLIT_TILES='DX_WARPS,DBC_COLUMNS,DBC_WARPS' (for the benchmark's sweep), else the
+    caller's warps and 64 columns (`benchmarks/kernels.py --static`, offline sm_90, N=128, 8 warps:
+    137 KB of shared memory and spills at 128 columns, 89 KB and none at 64). The interpreter
+    (warps == {}) takes the columns only."""
+    spec = os.environ.get("LONGWEAVE_SSD_SPLIT_TILES", "")
+    if not spec:
+        return dict(warps), min(bn, 64), dict(warps)
+    dx_warps, cols, dbc_warps = (int(v) for v in spec.split(","))
+    pick = (lambda w: {"num_warps": w}) if warps else (lambda w: {})
+    return pick(dx_warps), min(bn, max(16, cols)), pick(dbc_warps)
 
 
 def ssd_backward_split(dy, dfinal, x, dt, A, B, C, D, h0, seg, enter, keep, L, *, lowp: bool, warps: dict):
@@ -147,15 +165,17 @@ def ssd_backward_split(dy, dfinal, x, dt, A, B, C, D, h0, seg, enter, keep, L, *
     ddt = empty_output((b, t, h), dtype=torch.float32, device=dev)
     da_part = empty_output((b, nc, h), dtype=torch.float32, device=dev)
     dd_part = empty_output((b, nc, h), dtype=torch.float32, device=dev)
+    dx_opts, bn_cols, dbc_opts = split_tiles(bn, warps)
     chunk_dx_kernel[(nc, b * h)](
         x, dt, A, B, C, D if D is not None else A, seg, enter, dcs, keep, dkeep, dy,
-        dx, ddt, da_part, dd_part, t, h, g, p, n, HAS_D=D is not None, **common)
+        dx, ddt, da_part, dd_part, t, h, g, p, n, HAS_D=D is not None, L=L, BP=bp, BN=bn, LOWP=lowp, **dx_opts)
     hs = head_splits(h // g, nc * b * g)
     grads = []
     for want_db, other, state in ((False, B, enter), (True, C, dcs)):
         out = empty_output((hs, b, t, g, n), dtype=torch.float32, device=dev)
-        chunk_dbc_kernel[(nc, b * g * hs)](x, dt, A, seg, other, state, dy, out, t, h, g, p, n, hs, b * t * g * n,
-                                           WANT_DB=want_db, **common)
+        chunk_dbc_kernel[(nc, b * g * hs, triton.cdiv(n, bn_cols))](
+            x, dt, A, seg, other, state, dy, out, t, h, g, p, n, hs, b * t * g * n,
+            WANT_DB=want_db, L=L, BP=bp, BN=bn_cols, LOWP=lowp, **dbc_opts)
         grads.append(out.sum(0))
     dc, db = grads
     dD = dd_part.sum((0, 1)).to(D.dtype) if D is not None else None

@@ -146,14 +146,17 @@ class SequenceParallelHooks:
         if e > 1:
             k, v = k.repeat_interleave(e, dim=2), v.repeat_interleave(e, dim=2)
         c = cached or {}
-        qh, kh, vh = (AllToAll.apply(x, lay.heads, True, c.get(name), record)
-                      for name, x in (("q", q), ("k", k), ("v", v)))
+        b, n, G, d = q.shape[0], q.shape[1], lay.G, q.shape[3]
+        hq, hkv = q.shape[2] // G, k.shape[2] // G
+        # one exchange for q, k and v: member i's share is [q heads i, k heads i, v heads i]
+        qkv = torch.cat([x.reshape(b, n, G, -1, d) for x in (q, k, v)], dim=3).reshape(b, n, -1, d)
+        qkvh = AllToAll.apply(qkv, lay.heads, True, c.get("qkv"), record)
+        qh, kh, vh = qkvh.split([hq, hkv, hkv], dim=2)
         inner = {}
         oh = dist_attention(qh, kh, vh, group=lay.ring, chunks=self._ring_chunks(chunks), window=None,
                             scale=scale, record=record, cached=c.get("dist"), keep=lambda res: inner.update(dist=res))
         o = AllToAll.apply(oh, lay.heads, False, c.get("o"), record)
-        self._keep("attention", cached, dict(q=qh.detach(), k=kh.detach(), v=vh.detach(), dist=inner["dist"],
-                                             o=o.detach()), record)
+        self._keep("attention", cached, dict(qkv=qkvh.detach(), dist=inner["dist"], o=o.detach()), record)
         return o
 
     def _window_attention(self, q, k, v, window, doc_ids, chunks, scale):
