@@ -114,7 +114,8 @@ def measure(cfg, steps: int, warmup: int, budget: float | None = None) -> dict:
     from train.metrics import peak_flops
 
     train.build.check_memory = lambda *_: ""          # measure past the planner's verdict (module doc)
-    device = None
+    release(torch.device(cfg.train.device))           # whatever a failed row before this one left behind
+    device, oom = torch.device("cpu"), None
     try:
         with redirect_stdout(io.StringIO()):           # the trainer's start-up lines
             run = train.build.build_run(cfg)
@@ -124,10 +125,12 @@ def measure(cfg, steps: int, warmup: int, budget: float | None = None) -> dict:
     except Exception as e:                         # noqa: BLE001 - OOM can come wrapped (compile errors)
         if "out of memory" not in str(e).lower():
             raise
-        raise TooBig(str(e).splitlines()[0][:80]) from None
+        oom = str(e).splitlines()[0][:80]          # not raised here: the traceback would keep the tensors alive
     finally:
         run = None
-        release(device or torch.device("cpu"))
+    release(device)
+    if oom is not None:
+        raise TooBig(oom)
     if budget is not None and peak is not None and peak > budget:
         raise TooBig(f"peak {peak / 2**20:.1f} MiB over the budget")
     tokens_per_s = steps * cfg.data.seq_len / seconds
@@ -147,7 +150,7 @@ def variants(quick: bool) -> list[tuple[str, list[str]]]:
 
 
 def mib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.1f}" if n < 2**30 else f"{n / 2**30:.2f} Gi"
+    return "-" if n is None else f"{n / 2**20:.1f}"
 
 
 def throughput_table(args, run_dir: str) -> None:

@@ -43,7 +43,8 @@ def parallelize(model: nn.Module, pstate: ParallelState, opts: EngineOptions, de
     """Apply the configured parallelism to `model` (already on `device`); returns its Engine."""
     runner, grad_sync = None, None
     if opts.compile and pstate.dims.tp > 1:
-        # the compiled blocks hand DTensor's redistribute a plain-tensor gradient in the backward (torch 2.13)
+        # compiled attention blocks hand DTensor's redistribute a plain-tensor gradient in the backward
+        # (torch 2.13; MLP blocks compile fine under tp): refused rather than half-compiled
         raise LayoutError("train.compile does not run under tensor parallelism; "
                           "set train.compile=false or parallel.tp=1")
     if pstate.dims.pp > 1:

@@ -19,7 +19,7 @@ def test_fsdp_bf16_parameters_match_fp32_single_process(pool2):
     fp32 = pool2.run(one_step_grads, apply_overrides(tiny_config("M-*-", dp=2), ["--parallel.engine=fsdp"]))
     bf16 = pool2.run(one_step_grads, apply_overrides(tiny_config("M-*-", dp=2), BF16_FSDP))
     for loss, grads in bf16:
-        assert abs(loss - ref_loss) < 1e-2 * abs(ref_loss), (loss, ref_loss)     # bf16: 8 mantissa bits
+        assert abs(loss - ref_loss) < 2e-3 * abs(ref_loss), (loss, ref_loss)     # bf16: 8 mantissa bits
         assert set(grads) == set(ref)
         for name, g in grads.items():
             assert g.dtype == torch.float32, (name, g.dtype)                     # reduced and kept in fp32
