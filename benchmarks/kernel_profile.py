@@ -1,4 +1,5 @@
-"""Per-kernel figures for benchmarks/kernels.py: CUDA time per kernel (torch.profiler), and the
+"""Timing helpers and per-kernel figures for benchmarks/kernels.py: median time (do_bench), device
+copy bandwidth, CUDA time per kernel (torch.profiler), and the
 registers, spills, shared memory and resident programs per SM of our Triton kernels, either from
 the kernels this run compiled (--profile, GPU) or from an offline sm_90 compile (--static: no GPU
 needed, ptxas and cuobjdump ship with Triton; same source, block shapes and int specialisation as
@@ -15,6 +16,34 @@ import re
 import subprocess
 import tempfile
 from collections import defaultdict
+
+import torch
+
+
+def bench(fn, warmup: int = 25, rep: int = 100) -> float:
+    """Median milliseconds of fn()."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def fwd_bwd(fn, inputs, grads):
+    """A closure running fn(*inputs) forward and backward (gradients of every input)."""
+    def run():
+        outs = fn(*inputs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        torch.autograd.grad(outs, inputs, grads[:len(outs)])
+    return run
+
+
+def copy_gbs(nbytes: int) -> float:
+    """Device-to-device copy bandwidth (read + write) of a buffer of nbytes, GB/s."""
+    from kernel_rows import DEVICE
+
+    src = torch.empty(nbytes // 2, device=DEVICE, dtype=torch.bfloat16).normal_()
+    dst = torch.empty_like(src)
+    return 2 * nbytes / bench(lambda: dst.copy_(src)) / 1e6
+
 
 SM90 = dict(regs=65536, shared=228 * 1024, threads=2048, blocks=32)
 
@@ -43,8 +72,15 @@ def runtime_resources(jit_fns: dict) -> list[dict]:
 
 
 def kernel_times(fn, steps: int = 3) -> list[dict]:
-    """CUDA time per kernel name over `steps` calls of fn (after one warm-up call)."""
-    import torch
+    """CUDA time per kernel name over `steps` calls of fn (after one warm-up call); a row saying why
+    if the profiler fails (the other profile tables still print)."""
+    try:
+        return _kernel_times(fn, steps)
+    except Exception as exc:  # noqa: BLE001
+        return [dict(kernel=f"profiler failed: {type(exc).__name__}: {exc}"[:120])]
+
+
+def _kernel_times(fn, steps: int) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -134,10 +170,18 @@ def static_rows(split_tiles, scan_tiles, t: int = 65536, d: int = 2560, b: int =
         for which in (False, True):
             ssd.append((f"ssd bwd SPLIT chunk_dbc ({'dB' if which else 'dC'}) cols {cols}", split.chunk_dbc_kernel,
                         dict(WANT_DB=which, BN=cols), warps))
+    chunk128 = [("ssd fwd chunk_state", fwd.chunk_state_kernel, {}, 8), ("ssd fwd chunk_out", fwd.chunk_out_kernel, {}, 8),
+                ("ssd bwd chunk_denter", fused.chunk_denter_kernel, {}, 8),
+                ("ssd bwd SPLIT chunk_dx", split.chunk_dx_kernel, {}, 8)] + [
+        (f"ssd bwd SPLIT chunk_dbc ({'dB' if which else 'dC'}) cols 64", split.chunk_dbc_kernel,
+         dict(WANT_DB=which, BN=64), 8) for which in (False, True)]
     rows = []
-    for name, fn, extra, warps in ssd:
-        consts = {k: v for k, v in {**tile, **extra}.items() if k in fn.arg_names}
-        rows.append(dict(kernel=name, **compile_offline(fn, ssd_ptrs, ssd_ints, consts, warps)))
+    for chunk, kernels in ((64, ssd), (128, chunk128)):
+        ints = dict(ssd_ints, NC=t // chunk)
+        for name, fn, extra, warps in kernels:
+            consts = {k: v for k, v in {**tile, "L": chunk, **extra}.items() if k in fn.arg_names}
+            rows.append(dict(kernel=f"{name} (chunk {chunk})",
+                             **compile_offline(fn, ssd_ptrs, ints, consts, warps)))
     scan_ptrs = dict(A=bf, X=bf, H=bf, H0=f32, DOC=i32, FINAL=f32, CARRY=i32, TICKET=i32, DH=bf, DFINAL=f32, DA=bf,
                      DX=bf, DH0=f32, U=bf, GA=bf, GX=bf, K=f32, UNSC=i32, DU=bf, DGA=bf, DGX=bf, DK_PART=f32)
     flags = dict(HAS_H0=False, HAS_DOC=False, HAS_DFINAL=False, HAS_UNSCALED=False)

@@ -1,6 +1,7 @@
-"""Sequence parallelism (LightSeq DistAttn) on gloo CPU: communication, rounds, activation memory.
+"""Sequence parallelism on gloo CPU, per sp_mode: communication, rounds, activation memory.
 
     python benchmarks/sequence_parallel.py [--seq-len 512] [--d-model 64] [--heads 4] [--kv-heads 4]
+                                           [--modes distattn,ulysses,2d]
 
 For P = 2, 4, 8 forked gloo ranks train one forward+backward step of a tiny Transformer
 "(*-)x2" on one row of T tokens (single document: the worst case, nothing skipped) and print:
@@ -11,6 +12,8 @@ For P = 2, 4, 8 forked gloo ranks train one forward+backward step of a tiny Tran
   ring (P rounds on the last rank), and the bound ceil(P/2)+1;
 - activation memory per rank: bytes of the tensors autograd saves for backward (parameters
   excluded, storages counted once), times P, relative to sp = 1 at the same T.
+Each sp_mode (parallel.sp_mode; 2d with head groups of 2) runs where it can split the heads and
+differs from another (2d needs P > 2); rounds are DistAttn's (1 for ulysses: one local block).
 The doc-id all-gather (8 bytes per token, once per step, shared by all layers) is reported apart.
 """
 from __future__ import annotations
@@ -70,7 +73,7 @@ def one_step(rank: int, world: int, args) -> dict:
     hooks = None
     if world > 1:
         from parallel.sequence import SequenceParallelHooks
-        hooks = SequenceParallelHooks()
+        hooks = SequenceParallelHooks(mode=args.mode, head_group=2)
     counter = SavedBytes(model.parameters())
     t0 = time.perf_counter()
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda x: x):
@@ -121,22 +124,29 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--worlds", default="2,4,8")
+    ap.add_argument("--modes", default="distattn,ulysses,2d")
     args = ap.parse_args()
+    args.mode = "distattn"
     base = run_world(1, args)[0]
     nd_bytes = args.seq_len * args.d_model * 4                       # N·d fp32 elements, in bytes
-    print(f"# DistAttn on gloo CPU: T={args.seq_len} (one row), d_model={args.d_model}, heads={args.heads}, "
+    print(f"# sequence parallelism on gloo CPU: T={args.seq_len} (one row), d_model={args.d_model}, heads={args.heads}, "
           f"kv_heads={args.kv_heads}, fp32; sp=1 activation memory {base['act_bytes'] / 2**20:.2f} MiB")
-    print("| P | bytes/layer/rank (max) | in N·d | fwd only | LightSeq | Megatron TP+SP | rounds balanced "
+    print("| P | sp_mode | bytes/layer/rank (max) | in N·d | fwd only | LightSeq | Megatron TP+SP | rounds balanced "
           "| rounds ring | ceil(P/2)+1 | act MiB/rank | act×P / sp1 | step s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for world in [int(w) for w in args.worlds.split(",")]:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    from parallel.sequence.heads import mode_problem
+
+    for world, mode in ((int(w), m) for w in args.worlds.split(",") for m in args.modes.split(",")):
+        if mode_problem(mode, world, 2, args.heads) or (mode == "2d" and world <= 2):
+            continue
+        args.mode = mode
         res = run_world(world, args)
         layer_max = max(max(r["layer_bytes"]) for r in res)
         fwd_max = max(max(r["fwd_bytes"]) for r in res)
         rounds = max(r["rounds"] for r in res)
         act = max(r["act_bytes"] for r in res)
         step = max(r["seconds"] for r in res)
-        print(f"| {world} | {layer_max:,} | {layer_max / nd_bytes:.2f} Nd | {fwd_max / nd_bytes:.2f} Nd | 3 Nd "
+        print(f"| {world} | {mode} | {layer_max:,} | {layer_max / nd_bytes:.2f} Nd | {fwd_max / nd_bytes:.2f} Nd | 3 Nd "
               f"| 10 Nd / 14 Nd | {rounds} | {world} | {math.ceil(world / 2) + 1} | {act / 2**20:.2f} "
               f"| {act * world / base['act_bytes']:.3f} | {step:.2f} |")
     print(f"(doc-id all-gather per step, all layers together: {res[-1].get('doc_gather_bytes', 0):,} bytes at P={world})")

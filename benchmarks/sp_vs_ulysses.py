@@ -9,9 +9,12 @@ Ulysses is deepspeed.sequence.layer.DistributedAttention (all-to-all of heads) a
 kernel (kernels.attention.attention: the CPU flash kernel, per-document pieces for packed
 documents), so both sides use the same compute kernel. Ours is parallel.sequence's
 SequenceParallelHooks.attention in each sp_mode (distattn, ulysses, and 2d with head groups of 2
-where P > 2). Each rank runs all of them in rotating order, one untimed warm-up (which measures
-the saved bytes), then `--reps` timed calls each; a call's time is the slowest rank's, the figure
-the median over calls. Bytes: ours measured by the
+where P > 2). Each rank runs one untimed warm-up of each (which measures the saved bytes), then
+`--reps` rounds in which every mode is timed in a pair with a DeepSpeed call, interleaved
+(ours, DS / DS, ours alternating), so load drifts on a shared machine hit both sides of a pair
+alike. Per call: wall time and CPU time (process_time: all of a rank's threads, gloo's included;
+and the main thread's thread_time), each the slowest/busiest rank's; ratios are the median of
+the per-pair ratios, seconds the median over calls. Bytes: ours measured by the
 P2P counter (all-to-alls included); Ulysses' forward is 4 all-to-alls of (P−1)/P of a [N/P, H, D] tensor (q, k, v, out).
 Units: N·d = sequence tokens × H·D fp32 elements. One thread per rank, set explicitly.
 """
@@ -107,7 +110,7 @@ def worker(rank: int, world: int, args) -> dict:
             gap = (h.attention(*(z[:, sl] for z in (q, k, v)), doc_ids=local_docs) - want).abs().max()
             assert gap < 1e-4, f"{mode} and Ulysses disagree by {gap:.2e}"
     fns = {mode: ours(mode) for mode in hooks} | {"deepspeed": theirs}
-    out = {"times": {name: [] for name in fns}, "act": {}, "fwd_bytes": {}}
+    out = {"times": {}, "act": {}, "fwd_bytes": {}}
     for name, fn in fns.items():                          # untimed warm-up, measuring saved bytes
         dist.barrier()
         out["act"][name] = saved_bytes(fn)
@@ -116,13 +119,17 @@ def worker(rank: int, world: int, args) -> dict:
     if rank == 0:
         x = [z.clone().requires_grad_(True) for z in (q, k, v)]
         out["act_one_process"] = saved_bytes(lambda: attention(*x, causal=True, q_doc_ids=docs, k_doc_ids=docs))
-    names = list(fns)
-    for rep in range(args.reps):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:   # rotate the order
-            dist.barrier()
-            t0 = time.perf_counter()
-            fns[name]()
-            out["times"][name].append(time.perf_counter() - t0)
+    out["blocks"] = {mode: (h.records[-1].fwd_blocks, h.records[-1].skipped_blocks) for mode, h in hooks.items()}
+    out["threads"] = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else -1
+    for rep in range(args.reps):                          # ABAB: each of our modes paired with a DeepSpeed call
+        for mode in hooks:
+            pair = [mode, "deepspeed"] if rep % 2 == 0 else ["deepspeed", mode]
+            for name in pair:
+                dist.barrier()
+                w0, c0, t0 = time.perf_counter(), time.process_time(), time.thread_time()
+                fns[name]()
+                clock = (time.perf_counter() - w0, time.process_time() - c0, time.thread_time() - t0)
+                out["times"].setdefault((mode, name), []).append(clock)
     return out
 
 
@@ -141,16 +148,16 @@ def main() -> None:
     print("| P | " + " | ".join(str(w) for w in range(2, 9)) + " |\n|---|" + "---|" * 7)
     print("| busiest rank / mean (causal blocks, schedule) | "
           + " | ".join(f"{max(rank_work(w)) / (sum(rank_work(w)) / w):.2f}" for w in range(2, 9)) + " |\n")
-    print("| P | T | documents | sp_mode | ours fwd+bwd s | DeepSpeed-Ulysses s | ours / Ulysses "
-          "| fwd bytes busiest rank (N·d) ours / Ulysses | act/rank × P / one process: ours, Ulysses |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| P | T | documents | sp_mode | ours wall s | DeepSpeed wall s | wall ours / DS "
+          "| ours CPU s | DeepSpeed CPU s | CPU ours / DS | main-thread CPU ours / DS "
+          "| fwd bytes busiest rank (N·d) ours / Ulysses | act/rank × P / one process: ours, Ulysses "
+          "| fwd blocks computed / skipped per rank |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t in (int(x) for x in args.seq_lens.split(",")):
         for world in (int(x) for x in args.worlds.split(",")):
             for layout in args.docs.split(","):
                 args.seq_len, args.layout = t, layout
                 res = run_ranks(world, worker, args)
-                med = {name: statistics.median(max(r["times"][name][i] for r in res) for i in range(args.reps))
-                       for name in res[0]["times"]}
                 nd = t * H * D * 4
                 uly_b = 4 * (world - 1) / world * (t // world) * H * D * 4 / nd
                 one = res[0]["act_one_process"]
@@ -158,10 +165,23 @@ def main() -> None:
                 for mode in modes_for(world):
                     ours_b = max(r["fwd_bytes"][mode] for r in res) / nd
                     act = max(r["act"][mode] for r in res) * world / one
-                    print(f"| {world} | {t} | {layout} | {mode} | {med[mode]:.3f} | {med['deepspeed']:.3f} "
-                          f"| {med[mode] / med['deepspeed']:.2f}x | {ours_b:.2f} / {uly_b:.2f} "
-                          f"| {act:.2f}, {act_ds:.2f} |", flush=True)
+                    ours, ds = (pair_clocks(res, mode, name) for name in (mode, "deepspeed"))
+                    ratio = [statistics.median(o[j] / d[j] for o, d in zip(ours, ds)) for j in range(3)]
+                    med_o, med_d = ([statistics.median(c[j] for c in x) for j in range(3)] for x in (ours, ds))
+                    blocks = " ".join(f"{r['blocks'][mode][0]}/{r['blocks'][mode][1]}" for r in res)
+                    print(f"| {world} | {t} | {layout} | {mode} | {med_o[0]:.3f} | {med_d[0]:.3f} | {ratio[0]:.2f}x "
+                          f"| {med_o[1]:.3f} | {med_d[1]:.3f} | {ratio[1]:.2f}x | {ratio[2]:.2f}x "
+                          f"| {ours_b:.2f} / {uly_b:.2f} | {act:.2f}, {act_ds:.2f} | {blocks} |", flush=True)
+                print(f"(threads per rank process: {res[0]['threads']}; load average {os.getloadavg()[0]:.1f})",
+                      flush=True)
 
+
+def pair_clocks(res: list[dict], mode: str, name: str) -> list[tuple[float, float, float]]:
+    """Per call of the (mode, name) pairs: (wall, process CPU, main-thread CPU), each the
+    slowest rank's (wall: every rank waits for the slowest; CPU: the busiest rank's process,
+    all its threads, gloo's I/O threads included)."""
+    calls = zip(*(r["times"][(mode, name)] for r in res))
+    return [tuple(max(c[j] for c in call) for j in range(3)) for call in calls]
 
 if __name__ == "__main__":
     main()

@@ -9,10 +9,20 @@ import importlib.util
 import os
 
 MODES = ("auto", "reference", "torch", "triton")
+_configured = "auto"     # the run's train.kernels (use_kernels); the environment variable wins over it
+
+
+def use_kernels(mode: str) -> str:
+    """Set this process's kernel mode (the trainer passes train.kernels); returns the previous one."""
+    global _configured
+    if mode not in MODES:
+        raise ValueError(f"kernel mode {mode!r} is not one of {', '.join(MODES)}")
+    previous, _configured = _configured, mode
+    return previous
 
 
 def kernel_mode() -> str:
-    mode = os.environ.get("LONGWEAVE_KERNELS", "auto").strip().lower() or "auto"
+    mode = os.environ.get("LONGWEAVE_KERNELS", "").strip().lower() or _configured
     if mode not in MODES:
         raise ValueError(f"LONGWEAVE_KERNELS={mode!r} is not one of {', '.join(MODES)}")
     return mode

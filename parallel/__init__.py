@@ -1,7 +1,8 @@
 """Everything that knows about process groups: set-up, layouts, and applying parallelism.
 
 `parallelize(model, pstate, opts, device, make_optimizer)` applies, in this fixed order:
-(pipeline cut) -> TP -> activation checkpointing -> torch.compile (when enabled) -> the
+(pipeline cut) -> float8 linears (when enabled) -> TP -> activation checkpointing -> torch.compile
+(when enabled) -> the
 data-parallel engine (which builds the optimizer). The pipeline cut comes first because every
 later step acts on the blocks this rank keeps; data parallel comes last because it wraps (DDP,
 DeepSpeed) or shards (FSDP2) the final parameters. It returns the Engine the trainer drives
@@ -41,12 +42,21 @@ def parallelize(model: nn.Module, pstate: ParallelState, opts: EngineOptions, de
                 make_optimizer: OptimizerFactory) -> Engine:
     """Apply the configured parallelism to `model` (already on `device`); returns its Engine."""
     runner, grad_sync = None, None
+    if opts.compile and pstate.dims.tp > 1:
+        # compiled attention blocks hand DTensor's redistribute a plain-tensor gradient in the backward
+        # (torch 2.13; MLP blocks compile fine under tp): refused rather than half-compiled
+        raise LayoutError("train.compile does not run under tensor parallelism; "
+                          "set train.compile=false or parallel.tp=1")
     if pstate.dims.pp > 1:
         # stages are cut first (on the whole model), so TP and the rest apply to this rank's share
         from parallel.pipeline import PipelineRunner
 
         runner = PipelineRunner(model, pstate, opts, device)
         model = runner.model
+    if opts.float8:
+        from parallel.float8 import apply_float8
+
+        apply_float8(model, device, pstate.dims.tp)
     if pstate.dims.tp > 1:
         from parallel.data_parallel import align_grads
         from parallel.tensor import apply_tensor_parallel
@@ -67,7 +77,7 @@ def parallelize(model: nn.Module, pstate: ParallelState, opts: EngineOptions, de
                               "use train.checkpoint_policy=full (rematerialization-aware) or parallel.sp=1")
         apply_activation_checkpointing(model, opts.checkpoint_policy)
     if opts.compile:
-        for block in model.layers:
+        for block in model.layers:     # per block: one graph serves every block of a kind
             block.compile()
     if runner is None:
         return engine_class(opts.engine).build(model, pstate, opts, device, make_optimizer, grad_sync)

@@ -8,7 +8,8 @@
   into one buffer per dtype, so one collective per step), then divides by the group size
   (the same averaging DDP does; train/step.py scales the loss for it).
 - FSDP2 (`fully_shard`) per block, then on the root: parameters, gradients and optimizer
-  states are sharded over dp × sp; bf16 compute with fp32 reduction on GPU. With tp > 1
+  states are sharded over dp × sp; with EngineOptions.bf16, bf16 parameters in compute with fp32
+  gradient reduction (MixedPrecisionPolicy; on CPU/gloo too). With tp > 1
   the parameters are already tp DTensors and FSDP2 shards them over the dp × sp mesh
   dimension as a 2-D (dp_sp, tp) layout.
 """
@@ -103,8 +104,7 @@ class FSDPEngine(Engine):
     def build(cls, model: nn.Module, pstate: ParallelState, opts: EngineOptions, device: torch.device,
               make_optimizer: OptimizerFactory, grad_sync=None, root_units: list[nn.Module] | None = None) -> Engine:
         if pstate.dims.dp * pstate.dims.sp > 1:
-            bf16 = device.type == "cuda" and opts.bf16
-            apply_fsdp(model, pstate, device, torch.bfloat16 if bf16 else torch.float32, root_units)
+            apply_fsdp(model, pstate, device, torch.bfloat16 if opts.bf16 else torch.float32, root_units)
         return cls(model, make_optimizer(model), pstate, opts, device, grad_sync)
 
 
@@ -126,7 +126,7 @@ def apply_fsdp(model: nn.Module, pstate: ParallelState, device: torch.device, pa
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     kwargs = {"mesh": dp_mesh(pstate)}
-    if device.type == "cuda" and param_dtype != torch.float32:
+    if param_dtype != torch.float32:     # gathered in param_dtype, gradients reduced and kept in fp32
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.layers:
         fully_shard(block, **kwargs)

@@ -22,7 +22,8 @@ class EngineOptions:
     checkpoint_policy: str = "full"        # full | selective (parallel/checkpointing.py)
     compile: bool = False
     loss_chunk: int = 0                    # chunked cross-entropy: tokens per chunk (0: plain logits)
-    bf16: bool = False                     # bf16 autocast (and FSDP2 bf16 parameters) on CUDA
+    float8: bool = False                   # float8 linears via torchao (CUDA, compute capability >= 8.9)
+    bf16: bool = False                     # bf16 autocast on CUDA; FSDP2 bf16 parameters (CUDA and CPU)
 
     @property
     def max_grad_norm(self) -> float:

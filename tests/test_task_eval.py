@@ -24,13 +24,16 @@ class LookupOracle(torch.nn.Module):
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, tokens, positions=None, doc_ids=None):
-        row = tokens[0].tolist()
-        logits = torch.zeros(1, len(row), 260)
+        logits = torch.zeros(tokens.shape[0], tokens.shape[1], 260)
+        for b, row in enumerate(tokens.tolist()):
+            logits[b, -1, self.next_token(row)] = 1.0
+        return logits
+
+    def next_token(self, row: list[int]) -> int:
         for prompt, comp in self.pairs:
             if row[:len(prompt)] == prompt:
                 done = len(row) - len(prompt)
-                logits[0, -1, comp[done] if done < len(comp) else ord("\n")] = 1.0
-                return logits
+                return comp[done] if done < len(comp) else ord("\n")
         raise AssertionError("the oracle was asked about a prompt it does not know")
 
 
@@ -115,3 +118,28 @@ def test_cli_tasks_jrt_table_and_bad_names(tmp_path, capsys):
     assert main(["--checkpoint", str(run), "--tasks", "passkey,bogus", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown task 'bogus'") and "\n" not in err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("pattern", ["(*-)x2", "M-*-", "R-W-"])
+def test_batched_decoding_equals_one_prompt_at_a_time(pattern, monkeypatch):
+    """A length's prompts decode as batches (several of them here, by a small token budget), and every
+    continuation equals decoding that prompt alone: the grid's scores do not depend on batching."""
+    import models
+    import train.task_eval as te
+    from models.config import ModelConfig
+    from train.passkey import greedy_decode
+
+    torch.manual_seed(0)
+    model = models.build(ModelConfig(pattern=pattern, d_model=32, n_heads=2, n_kv_heads=1, vocab_size=260,
+                                     d_state=8, ssm_headdim=8, ssm_chunk_size=8, lru_heads=2, window=16))
+    model = model.double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)        # sharper logits: greedy choices are not near-ties
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 260, (n,), generator=g).tolist() for n in (40, 40, 40, 40, 40, 33, 33)]
+    monkeypatch.setattr(te, "BATCH_TOKENS", 100)           # rows of 40 tokens: batches of 2, 2, 1
+    batched = te.decode_batched(model, prompts, 6, "cpu", use_generate=True)
+    alone = [greedy_decode(model, torch.tensor([p]), 6)[0].tolist() for p in prompts]
+    assert batched == alone
+    assert len({tuple(x) for x in alone}) > 1              # the prompts do get different continuations

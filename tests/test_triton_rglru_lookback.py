@@ -89,3 +89,20 @@ def test_lookback_scan_on_gpu(dtype, tol, tiles, monkeypatch):
     got = _run(linear_scan_lookback, a, x, h0, doc, gh, gf, dtype)
     for name, u, r in zip(("h", "final", "da", "dx", "dh0"), got, ref):
         assert _rel(u, r) < tol, name
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the NaN it checks for
+def test_a_carry_that_never_arrives_gives_nan_not_a_hang(monkeypatch):
+    """The wait for the previous tile's carry is bounded: launched without tile 0 (its programs'
+    tickets skipped), tiles 1 and 2 give up after MAX_SPINS polls and write NaN."""
+    import triton.language as tl
+
+    monkeypatch.setattr(triton_lookback, "MAX_SPINS", tl.constexpr(3))
+    t, d = 24, 16                                    # 3 time tiles of 8 in the interpreter
+    a, x = torch.rand(1, t, d) * 0.5 + 0.5, torch.randn(1, t, d)
+    h, final = torch.zeros(1, t, d), torch.zeros(1, d)
+    carry = torch.full((2, 1, d), triton_lookback.SENTINEL.value, dtype=torch.int32)
+    ticket = torch.ones(1, dtype=torch.int32)        # tile 0 never runs
+    triton_lookback.lookback_fwd_kernel[(2,)](a, x, h, final, final, final, carry, ticket, t, d, 3, 1, 1,
+                                             HAS_H0=False, HAS_DOC=False, BLOCK_T=8, BLOCK_D=16)
+    assert torch.isnan(h[:, 8:]).all() and torch.isnan(final).all() and (h[:, :8] == 0).all()

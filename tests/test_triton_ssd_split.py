@@ -52,7 +52,8 @@ def _rel(got, ref):
 @pytest.mark.parametrize("b,t,h,g,p,n,chunk,dtype,tol,split_tiles", [
     (2, 37, 4, 2, 8, 16, 16, torch.float32, 1e-5, ""),        # groups (2 heads each), ragged last chunk
     (1, 48, 4, 1, 12, 40, 16, torch.bfloat16, 2e-2, "4,16,4"),  # one group of 4, padded P, bf16, dB/dC in
-])                                                             # 3 column blocks of 16 (last ragged)
+    (1, 40, 2, 1, 8, 16, 128, torch.float32, 1e-5, ""),         # 3 column blocks of 16 (last ragged); the
+])                                                             # split-only 128-token chunk
 def test_split_backward_matches_reference(b, t, h, g, p, n, chunk, dtype, tol, split_tiles, monkeypatch):
     monkeypatch.setattr(dispatch, "POISON_OUTPUTS", True)
     monkeypatch.setenv("LONGWEAVE_SSD_SPLIT_TILES", split_tiles)
@@ -107,7 +108,8 @@ def test_kernel_benchmark_lists_both_variants_without_a_gpu(capsys):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("split_tiles", ["", "4,64,4", "4,32,4"])
-def test_split_backward_on_gpu(dtype, tol, split_tiles, monkeypatch):
+@pytest.mark.parametrize("chunk", [64, 128])
+def test_split_backward_on_gpu(dtype, tol, split_tiles, chunk, monkeypatch):
     """Real sizes on a CUDA device (T=1500, P=64, N=128, groups), vs the float64 chunked path."""
     from kernels.ssd import ssd_chunked
 
@@ -117,6 +119,6 @@ def test_split_backward_on_gpu(dtype, tol, split_tiles, monkeypatch):
     ins, doc = {k: v.cuda() for k, v in ins.items()}, doc.cuda()
     weights = tuple(w.cuda() for w in weights)
     ref = _grads(ssd_chunked, torch.float64, ins, doc, weights, chunk_size=64)
-    got = _grads(ssd_triton, dtype, ins, doc, weights, chunk_size=64, backward="split")
+    got = _grads(ssd_triton, dtype, ins, doc, weights, chunk_size=chunk, backward="split")
     for name, u, r in zip(NAMES, got, ref):
         assert _rel(u, r) < tol, name

@@ -14,6 +14,7 @@ import models
 from data.errors import DataError
 from data.loader import build_loader, possible_lengths
 from data.protocol import Loader
+from kernels.dispatch import use_kernels
 from parallel import Engine, EngineOptions, parallelize
 from parallel.layout import ParallelState, setup_parallel
 from train.config import Config, ConfigError
@@ -58,8 +59,14 @@ def engine_options(cfg: Config) -> EngineOptions:
                          pp_microbatches=p.pp_microbatches, seq_len=cfg.data.seq_len,
                          micro_batch_size=cfg.data.batch_size, grad_accum=t.grad_accum, grad_clip=cfg.optim.grad_clip,
                          activation_checkpointing=t.activation_checkpointing, checkpoint_policy=t.checkpoint_policy,
-                         compile=t.compile, loss_chunk=t.loss_chunk,
-                         bf16=t.dtype in ("auto", "bfloat16"))
+                         compile=t.compile, loss_chunk=t.loss_chunk, float8=t.float8,
+                         bf16=wants_bf16(t.dtype, t.device))
+
+
+def wants_bf16(dtype: str, device: str) -> bool:
+    """bf16 compute: asked for by name (train.dtype=bfloat16, on CPU too), or dtype=auto on a GPU."""
+    gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return dtype == "bfloat16" or (dtype == "auto" and gpu)
 
 
 def build_model(cfg: Config, device: torch.device, sp: int):
@@ -93,6 +100,7 @@ def build_data(cfg: Config, engine: Engine, pstate: ParallelState) -> tuple[Load
 def build_run(cfg: Config) -> Run:
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     stop = StopFlag(cfg.train.time_limit).install()   # first: a signal during set-up must not kill the rank
+    use_kernels(cfg.train.kernels)                    # this process's kernel paths (LONGWEAVE_KERNELS wins)
     pstate = setup_parallel(cfg.parallel, cfg.model, cfg.data.batch_size, device)
     plan_line = check_memory(cfg, pstate.world, device)    # before any allocation: a misfit is one line
     if pstate.rank == 0:

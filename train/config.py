@@ -116,12 +116,19 @@ class TrainConfig:
     seed: int = opt(0, "seed of model initialisation")
     run_dir: str = opt("runs/tiny", "directory for checkpoints, TensorBoard events, config.toml and metrics.jsonl")
     device: str = choice("auto", "cpu", "cuda", help="device to train on (auto = CUDA when visible, else CPU)")
-    dtype: str = choice("auto", "float32", "bfloat16", "float64", help="compute precision (auto: bf16 autocast on GPU, fp32 on CPU)")
+    dtype: str = choice("auto", "float32", "bfloat16", "float64",
+                        help="compute precision (auto: bf16 autocast on GPU, fp32 on CPU; bfloat16 on CPU: "
+                             "bf16 FSDP2 parameters only)")
     activation_checkpointing: bool = opt(False, "recompute block activations in the backward pass to save memory")
     checkpoint_policy: str = choice("full", "selective",
                                     help="with activation_checkpointing: recompute whole blocks (full), or keep matmul "
                                          "and attention outputs and recompute the rest (selective)")
-    compile: bool = opt(False, "torch.compile the model")
+    compile: bool = opt(False, "torch.compile each block (not under parallel.tp > 1)")
+    float8: bool = opt(False, "float8 linears in the blocks via torchao (pip install torchao; CUDA, compute "
+                              "capability >= 8.9, parallel.tp=1)")
+    kernels: str = choice("auto", "reference", "torch", "triton",
+                          help="kernel paths (kernels/dispatch.py): auto picks the fastest for the inputs (on CUDA: "
+                               "flash-attn varlen, then our Triton attention); the LONGWEAVE_KERNELS variable wins")
     loss_chunk: int = opt(0, "chunked cross-entropy: tokens per chunk, never all [B, T, vocab] logits at once "
                              "(0 = plain loss)")
     deterministic: bool = opt(True, "use deterministic algorithms (bitwise reproducible on CPU)")

@@ -35,6 +35,30 @@ def check_tasks(names: list[str], tokenizer, lengths: list[int], vocab_size: int
     return tasks
 
 
+# prompts decoded together: rows × prompt tokens stays under this, so a long prompt decodes alone
+BATCH_TOKENS = 16384
+
+
+def decode_batched(model, prompts: list[list[int]], max_new_tokens: int, device, use_generate: bool) -> list:
+    """Greedy continuations of `prompts`, equal-length prompts decoded as one batch (prefill + step).
+
+    One prompt at a time costs a Python-level decoding loop per prompt; a grid cell's prompts all
+    have the asked length, so a length's whole grid is a handful of batched calls instead.
+    """
+    out: list = [None] * len(prompts)
+    by_len: dict[int, list[int]] = {}
+    for i, ids in enumerate(prompts):
+        by_len.setdefault(len(ids), []).append(i)
+    for n, idx in by_len.items():
+        rows = max(1, BATCH_TOKENS // n)
+        for lo in range(0, len(idx), rows):
+            part = idx[lo:lo + rows]
+            batch = torch.tensor([prompts[i] for i in part], device=device)
+            for i, new in zip(part, greedy_decode(model, batch, max_new_tokens, use_generate).tolist()):
+                out[i] = new
+    return out
+
+
 @torch.no_grad()
 def run_task(model, tokenizer, task, lengths: list[int], depths: list[float], trials: int, seed: int = 0,
              device: torch.device | str = "cpu", use_generate: bool = True, jrt: bool = False,
@@ -47,20 +71,18 @@ def run_task(model, tokenizer, task, lengths: list[int], depths: list[float], tr
     cases = []
     for length in lengths:
         t0 = time.perf_counter()
-        grid[length] = {}
-        for depth in depths:
-            total = 0.0
-            for trial in range(trials):
-                s = task.sample(tokenizer, length, depth, seed * 1000 + trial)
-                ids = task.jrt_ids(tokenizer, s) if jrt else s.prompt_ids
-                new = greedy_decode(model, torch.tensor([ids], device=device), task.max_new_tokens,
-                                    use_generate)[0].tolist()
-                text = tokenizer.decode(new)
-                score = task.score(text, s)
-                total += score
-                cases.append({"length": length, "depth": depth, "trial": trial, "tokens": len(ids),
-                              "answers": s.answers, "generated": text, "score": score})
-            grid[length][depth] = total / max(1, trials)
+        cells = [(depth, trial) for depth in depths for trial in range(trials)]
+        samples = [task.sample(tokenizer, length, depth, seed * 1000 + trial) for depth, trial in cells]
+        prompts = [task.jrt_ids(tokenizer, s) if jrt else s.prompt_ids for s in samples]
+        generated = decode_batched(model, prompts, task.max_new_tokens, device, use_generate)
+        totals = dict.fromkeys(depths, 0.0)
+        for (depth, trial), s, ids, new in zip(cells, samples, prompts, generated):
+            text = tokenizer.decode(new)
+            score = task.score(text, s)
+            totals[depth] += score
+            cases.append({"length": length, "depth": depth, "trial": trial, "tokens": len(ids),
+                          "answers": s.answers, "generated": text, "score": score})
+        grid[length] = {depth: totals[depth] / max(1, trials) for depth in depths}
         mean = sum(grid[length].values()) / len(depths)
         if progress is not None:
             progress(f"{label:<22} length {length:>6}: {mean:.2f} ({len(depths)}×{trials} prompts, "

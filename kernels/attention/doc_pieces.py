@@ -7,6 +7,7 @@ To keep the number of kernel calls small, pieces of similar length share one cal
 padded at its end to its bucket's length (a few buckets per octave) and the bucket is a
 batch. Padding sits after every real token of its piece, so causal masking hides it from
 real queries, and padded queries are dropped: the result is exact, forward and backward
+(padded positions read a real token's values rather than a copied zero row, so no input is copied)
 (gathers and scatters are plain indexing, which autograd differentiates).
 
 Only when documents are contiguous runs (doc ids never decrease along a row) does raw
@@ -65,13 +66,14 @@ def piece_attention(q, k, v, doc_ids: torch.Tensor, causal_fn, return_lse: bool)
     Returns (o [B,T,H,D], lse [B,H,T] or None)."""
     b, t, h, d = q.shape
     pad_row = b * t
-    flat = [torch.cat([z.reshape(b * t, *z.shape[2:]), z.new_zeros(1, *z.shape[2:])]) for z in (q, k, v)]
+    flat = [z.reshape(b * t, *z.shape[2:]) for z in (q, k, v)]      # padding reads a real token (below)
     starts, lengths = piece_bounds(doc_ids)
     outs, lses, dests = [], [], []
     for L, s, n in buckets(starts, lengths):
         pos = torch.arange(L)
         idx = torch.where(pos[None, :] < n[:, None], s[:, None] + pos[None, :], pad_row).to(q.device)
-        o, lse = causal_fn(*(z[idx] for z in flat))
+        src = idx.clamp(max=pad_row - 1)    # padded keys follow every real query (causal hides them);
+        o, lse = causal_fn(*(z[src] for z in flat))   # padded queries' outputs are dropped below
         outs.append(o.reshape(-1, h, d))
         if return_lse:
             lses.append(lse.transpose(1, 2).reshape(-1, h))

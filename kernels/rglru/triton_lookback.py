@@ -29,14 +29,19 @@ from kernels.rglru.triton import _combine
 
 SENTINEL = tl.constexpr(0x7FBADBAD)       # int32 bits of a NaN payload no arithmetic produces
 CANONICAL_NAN = tl.constexpr(0x7FC00000)
+MAX_SPINS = tl.constexpr(1 << 22)
 
 
 @triton.jit
 def _wait_carry(CARRY, off, cmask):
-    """Spin until the predecessor tile has published all of this block's carries; fp32 values."""
+    """Spin until the predecessor tile has published all of this block's carries; fp32 values.
+    Bounded: after MAX_SPINS polls (far beyond a tile's latency) it gives up, and the sentinel, a
+    NaN, flows into the outputs, so a scheduling bug shows as NaN in the tests instead of a hang."""
     v = tl.load(CARRY + off, mask=cmask, other=0, volatile=True)
-    while tl.max(tl.where(v == SENTINEL, 1, 0), 0) > 0:
+    spins = 0
+    while (tl.max(tl.where(v == SENTINEL, 1, 0), 0) > 0) & (spins < MAX_SPINS):
         v = tl.load(CARRY + off, mask=cmask, other=0, volatile=True)
+        spins += 1
     return v.to(tl.float32, bitcast=True)
 
 

@@ -26,12 +26,15 @@ from kernels.ssd.gating import with_gating
 STATE_BLOCK = 256
 
 
-def kernel_chunk(chunk_size: int, fp32: bool = False) -> int:
-    """The chunk length the kernels use: a power of two in [16, 64] (32 for fp32 tiles on a GPU).
-    The result does not depend on it (chunking only regroups the same sum); 64 keeps a chunk's
-    [L, L] and [L, N] tiles within an H100's shared memory in the fused backward (measured: 128
-    in bf16 needs 315 KB, 64 in fp32 297 KB, limit 227 KB)."""
-    return max(16, min(32 if fp32 else 64, 1 << (max(1, chunk_size).bit_length() - 1)))
+def kernel_chunk(chunk_size: int, fp32: bool = False, split: bool = False) -> int:
+    """The chunk length the kernels use: a power of two in [16, 64] (32 for fp32 tiles on a GPU),
+    up to 128 in bf16/fp16 with the split backward. The result does not depend on it (chunking only
+    regroups the same sum); the cap keeps a chunk's [L, L] and [L, N] tiles within an H100's shared
+    memory (measured: the fused backward at 128 in bf16 needs 315 KB, at 64 in fp32 297 KB, limit
+    227 KB; the split kernels at 128 in bf16 need at most 162 KB in an offline sm_90 compile). A
+    longer chunk halves the fp32 chunk states written and read per token."""
+    cap = (32 if fp32 else 128) if split else (32 if fp32 else 64)
+    return max(16, min(cap, 1 << (max(1, chunk_size).bit_length() - 1)))
 
 
 def _interpreted() -> bool:
@@ -140,7 +143,7 @@ def ssd_triton(
         seg = (segment_ids(doc_ids) if doc_ids is not None
                else torch.zeros(b, t, dtype=torch.int64, device=x.device)).to(torch.int32).contiguous()
         h0 = initial_state.contiguous() if initial_state is not None else None
-        L = kernel_chunk(chunk_size, fp32=x.dtype == torch.float32 and not _interpreted())
+        L = kernel_chunk(chunk_size, fp32=x.dtype == torch.float32 and not _interpreted(), split=variant == "split")
         y, final = _TritonSSD.apply(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(),
                                     C.contiguous(), D.contiguous() if D is not None else None, h0, seg, L, variant)
     if in_dtype == torch.float64:

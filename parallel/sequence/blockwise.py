@@ -101,10 +101,12 @@ def _heads_merge(t: torch.Tensor) -> torch.Tensor:
 
 
 def block_backward(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset: int, k_offset: int,
-                   scale: float):
+                   scale: float, out=None):
     """(dq [B,n,H,D], dk, dv [B,m,Hkv,D]) of this block, in the accumulation dtype.
 
-    lse [B,H,n] and delta [B,H,n] are the full (merged) row statistics of the forward."""
+    lse [B,H,n] and delta [B,H,n] are the full (merged) row statistics of the forward. `out`: the
+    final output of these query rows [B,n,H,D] where this rank holds it (the query owner); the
+    fused kernel then reads it as is instead of a stand-in built from delta (stand_in_output)."""
     crop = document_crop(q_docs, k_docs, q_offset, k_offset)
     if crop is not None:
         rows, keys = crop
@@ -115,13 +117,14 @@ def block_backward(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset:
         if rows.stop > rows.start:
             dq[:, rows], dk[:, keys], dv[:, keys] = block_backward(
                 q[:, rows], k[:, keys], v[:, keys], do[:, rows], lse[..., rows], delta[..., rows],
-                window=window, scale=scale, **_cropped(q_docs, k_docs, q_offset, k_offset, rows, keys))
+                window=window, scale=scale, out=None if out is None else out[:, rows],
+                **_cropped(q_docs, k_docs, q_offset, k_offset, rows, keys))
         return dq, dk, dv
     kw = dict(window=window, q_docs=q_docs, k_docs=k_docs, q_offset=q_offset, k_offset=k_offset, scale=scale)
     if q.device.type == "cpu" and kernel_mode() != "reference":
         if window is None and q_offset == k_offset and diagonal_pieces(q_docs, k_docs):
-            return pieces_backward(q, k, v, do, lse, delta, q_docs, scale)
-        return block_backward_fused(q, k, v, do, lse, delta, **kw)
+            return pieces_backward(q, k, v, do, lse, delta, q_docs, scale, out)
+        return block_backward_fused(q, k, v, do, lse, delta, out=out, **kw)
     return block_backward_tiled(q, k, v, do, lse, delta, **kw)
 
 
@@ -131,25 +134,29 @@ def diagonal_pieces(q_docs, k_docs) -> bool:
             and not single_document_rows(q_docs) and contiguous_documents(q_docs))
 
 
-def pieces_backward(q, k, v, do, lse, delta, docs, scale: float):
+def pieces_backward(q, k, v, do, lse, delta, docs, scale: float, out=None):
     """The diagonal block's backward as per-document causal pieces (kernels/attention/doc_pieces.py
-    layout: pieces padded at their end and batched by length), no [n, n] mask. Padded query rows
-    get lse = +inf (P = 0), padded keys follow every real query (causal hides them)."""
+    layout: pieces padded at their end and batched by length), no [n, n] mask. Padded positions
+    read a real token's q/k/v/dO (no padded copies of the inputs): their lse is +inf (P = 0, so
+    they add nothing to any gradient), causal hides their keys from every real query, and their
+    own gradients land on a discarded extra row."""
     acc = acc_dtype(q.dtype)
     b, n, h, d = q.shape
     hkv, pad = k.shape[2], b * n
+    qf, kf, vf, dof = (z.reshape(pad, *z.shape[2:]) for z in (q, k, v, do.to(q.dtype)))
+    outf = None if out is None else out.to(q.dtype).reshape(pad, h, d)
 
-    def flat(z, fill=0.0):
-        return torch.cat([z.reshape(pad, *z.shape[2:]), torch.full_like(z[0, :1], fill)])
-    qf, kf, vf, dof = (flat(z) for z in (q, k, v, do.to(q.dtype)))
-    lsef, deltaf = flat(lse.to(acc).transpose(1, 2), float("inf")), flat(delta.to(acc).transpose(1, 2))
+    def stats(z, fill):                              # [B,H,n] -> [pad+1, H], the extra row = fill
+        return torch.cat([z.to(acc).transpose(1, 2).reshape(pad, h), torch.full((1, h), fill, dtype=acc)])
+    lsef, deltaf = stats(lse, float("inf")), stats(delta, 0.0)
     grads = [torch.zeros(pad + 1, hh, d, dtype=acc, device=q.device) for hh in (h, hkv, hkv)]
     for length, starts, sizes in buckets(*piece_bounds(docs)):
         pos = torch.arange(length)
         idx = torch.where(pos[None, :] < sizes[:, None], starts[:, None] + pos[None, :], pad).to(q.device)
-        got = block_backward_fused(qf[idx], kf[idx], vf[idx], dof[idx], lsef[idx].transpose(1, 2),
+        src = idx.clamp(max=pad - 1)                 # padded positions read a real token
+        got = block_backward_fused(qf[src], kf[src], vf[src], dof[src], lsef[idx].transpose(1, 2),
                                    deltaf[idx].transpose(1, 2), window=None, q_docs=None, k_docs=None,
-                                   q_offset=0, k_offset=0, scale=scale)
+                                   q_offset=0, k_offset=0, scale=scale, out=None if outf is None else outf[src])
         for g, part in zip(grads, got):
             g.index_add_(0, idx.reshape(-1), part.reshape(-1, *part.shape[2:]))
     dq, dk, dv = (g[:pad].reshape(b, n, *g.shape[1:]) for g in grads)
@@ -170,7 +177,7 @@ def stand_in_output(do: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 def block_backward_fused(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset: int, k_offset: int,
-                         scale: float):
+                         scale: float, out=None):
     """block_backward through torch's fused CPU flash backward (no score matrix)."""
     acc = acc_dtype(q.dtype)
     (b, n, h, d), (m, hkv) = q.shape, k.shape[1:3]
@@ -187,7 +194,8 @@ def block_backward_fused(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_o
     lse_k = lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
     lse_k = torch.where(torch.isinf(lse_k), torch.full_like(lse_k, float("inf")), lse_k)  # key-less rows: P = 0
     dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        dot, qt, kt, vt, stand_in_output(dot, delta), lse_k.contiguous(), 0.0, kind == "causal",
+        dot, qt, kt, vt, stand_in_output(dot, delta) if out is None else out.to(q.dtype).transpose(1, 2),
+        lse_k.contiguous(), 0.0, kind == "causal",
         attn_mask=bias, scale=scale)
     if hkv != h:
         dk, dv = (g.reshape(b, hkv, h // hkv, m, d).sum(2) for g in (dk, dv))

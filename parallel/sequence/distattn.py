@@ -113,10 +113,12 @@ class DistAttnRun:
     def forward(self, q, k, v):
         r = self.g.rank
         self.choose_split(q, k)
-        kv = torch.stack([k, v])                                     # one message, Hkv heads
-        query_side = {"q": (q, 1)}
+        kv, query_side = None, {"q": (q, 1)}
         bytes0 = self.g.bytes_sent
-        pending = self.post_inputs(1, kv, query_side) if n_offdiag_rounds(self.g.world) else None
+        pending = None
+        if n_offdiag_rounds(self.g.world):
+            kv = torch.stack([k, v])                                 # one message, Hkv heads
+            pending = self.post_inputs(1, kv, query_side)
         o, lse = block_forward(q, k, v, **self._kw(r, r))
         self.record.fwd_blocks, self.record.fwd_rounds = 1, 1
         results = []
@@ -168,10 +170,13 @@ class DistAttnRun:
         bytes0 = self.g.bytes_sent
         self.choose_split(q, k)
         delta = row_delta(o, do)
-        kv = torch.stack([k, v])
-        query_side = {"qdo": (torch.stack([q, do.to(q.dtype)]), 2), "stats": (torch.stack([lse.to(acc), delta]), 3)}
-        pending = self.post_inputs(1, kv, query_side) if n_offdiag_rounds(self.g.world) else None
-        dq, dk, dv = block_backward(q, k, v, do, lse, delta, **self._kw(r, r))
+        pending, kv, query_side = None, None, {}
+        if n_offdiag_rounds(self.g.world):                # one message per tensor group; none on one rank
+            kv = torch.stack([k, v])
+            query_side = {"qdo": (torch.stack([q, do.to(q.dtype)]), 2),
+                          "stats": (torch.stack([lse.to(acc), delta]), 3)}
+            pending = self.post_inputs(1, kv, query_side)
+        dq, dk, dv = block_backward(q, k, v, do, lse, delta, out=o, **self._kw(r, r))
         results = []
         for p, got in self.rounds(pending, kv, query_side):
             sends, recvs = [], []
@@ -179,7 +184,8 @@ class DistAttnRun:
                 mine = self.part(p, helper=False)
                 rows = mine[0]
                 dq_b, dk_b, dv_b = block_backward(q[:, rows], got["kv"][0], got["kv"][1], do[:, rows],
-                                                  lse[..., rows], delta[..., rows], **self._kw(r, p.own_from, mine))
+                                                  lse[..., rows], delta[..., rows], out=o[:, rows],
+                                                  **self._kw(r, p.own_from, mine))
                 dq[:, rows] += dq_b
                 sends.append((p.own_from, torch.stack([dk_b, dv_b])))
             if "qdo" in got:

@@ -86,21 +86,30 @@ def kv_expansion(heads: int, kv_heads: int, group: int) -> int:
 
 def all_to_all(x: torch.Tensor, sub: SubGroup, to_sequence: bool) -> torch.Tensor:
     """to_sequence: [B, n, H', D] (my tokens, all heads) -> [B, G·n, H'/G, D] (the group's tokens,
-    my heads); otherwise the inverse. Member i gets head slice i / token chunk i."""
+    my heads); otherwise the inverse. Member i gets head slice i / token chunk i. x may also be
+    [G, B, n, H'/G, D] (to_sequence only): member i's share already laid out contiguously as x[i],
+    so no send copy is made. The output is allocated once; received shares land in it directly
+    where their slice is contiguous (token chunks of one row), else are copied in."""
     G, me = sub.world, sub.rank
-    if to_sequence:
-        parts = list(x.chunk(G, dim=2))
-        shape = parts[me].shape
-        cat_dim = 1
+    if x.dim() == 5:
+        parts = list(x.unbind(0))
     else:
-        parts = list(x.chunk(G, dim=1))
-        shape = parts[me].shape
-        cat_dim = 2
+        parts = list(x.chunk(G, dim=2 if to_sequence else 1))
+    cat_dim = 1 if to_sequence else 2
+    shape = parts[me].shape
+    out_shape = list(shape)
+    out_shape[cat_dim] *= G
+    out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
+    slots = out.chunk(G, dim=cat_dim)
     sends = [(i, parts[i]) for i in range(G) if i != me]
-    recvs = [(i, i, torch.empty(shape, dtype=x.dtype, device=x.device)) for i in range(G) if i != me]
+    recvs = [(i, i, slots[i] if slots[i].is_contiguous() else torch.empty(shape, dtype=x.dtype, device=x.device))
+             for i in range(G) if i != me]
     got = sub.exchange(sends, recvs).wait()
-    got[me] = parts[me]
-    return torch.cat([got[i] for i in range(G)], dim=cat_dim)
+    slots[me].copy_(parts[me])
+    for i, buf in got.items():
+        if buf.data_ptr() != slots[i].data_ptr():
+            slots[i].copy_(buf)
+    return out
 
 
 class AllToAll(torch.autograd.Function):
@@ -110,6 +119,7 @@ class AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, sub: SubGroup, to_sequence: bool, cached, record):
         ctx.sub, ctx.to_sequence, ctx.record = sub, to_sequence, record
+        ctx.member_major = x.dim() == 5       # [G, B, n, H'/G, D]: member i's share is x[i]
         if cached is not None:
             return cached.clone()
         before = sub.bytes_sent
@@ -120,6 +130,9 @@ class AllToAll(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         before = ctx.sub.bytes_sent
-        dx = all_to_all(dy.contiguous(), ctx.sub, not ctx.to_sequence)
+        dx = all_to_all(dy, ctx.sub, not ctx.to_sequence)
         ctx.record.bwd_bytes += ctx.sub.bytes_sent - before
+        if ctx.member_major:                  # back to [G, B, n, H'/G, D]
+            b, n, _, d = dx.shape
+            dx = dx.reshape(b, n, ctx.sub.world, -1, d).permute(2, 0, 1, 3, 4)
         return dx, None, None, None, None

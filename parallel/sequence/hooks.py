@@ -148,8 +148,9 @@ class SequenceParallelHooks:
         c = cached or {}
         b, n, G, d = q.shape[0], q.shape[1], lay.G, q.shape[3]
         hq, hkv = q.shape[2] // G, k.shape[2] // G
-        # one exchange for q, k and v: member i's share is [q heads i, k heads i, v heads i]
-        qkv = torch.cat([x.reshape(b, n, G, -1, d) for x in (q, k, v)], dim=3).reshape(b, n, -1, d)
+        # one exchange for q, k and v: member i's share [q heads i, k heads i, v heads i] is laid out
+        # contiguously as qkv[i] by the one copy that gathers them (no further send copy)
+        qkv = torch.cat([x.reshape(b, n, G, -1, d).permute(2, 0, 1, 3, 4) for x in (q, k, v)], dim=3)
         qkvh = AllToAll.apply(qkv, lay.heads, True, c.get("qkv"), record)
         qh, kh, vh = qkvh.split([hq, hkv, hkv], dim=2)
         inner = {}
