@@ -153,30 +153,33 @@ def mib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**20:.1f}"
 
 
+def rows(args) -> list[tuple[str, int, str, list[str]]]:
+    """(family, T, variant, overrides), most wanted first, so that a --time-budget cut loses the
+    least: every family's "fast" row at --ablate-len, then "fast" at the other lengths (shortest
+    first), then the switch ablations."""
+    out = [(f, n, name, extra) for f in args.families for n in args.lengths for name, extra in variants(args.quick)
+           if name == "fast" or n == args.ablate_len]
+    return sorted(out, key=lambda r: (r[2] != "fast", r[1] != args.ablate_len, r[1]))
+
+
 def throughput_table(args, run_dir: str) -> None:
     print("| family | T | variant | tokens/s | MFU | peak memory MiB |")
     print("|---|---|---|---|---|---|")
-    for family in args.families:
-        for seq_len in args.lengths:
-            for name, extra in variants(args.quick):
-                if name != "fast" and seq_len != args.ablate_len:
-                    continue
-                if time.monotonic() > args.deadline:
-                    print(f"| {family} | {seq_len} | {name} | skipped: --time-budget spent | | |", flush=True)
-                    continue
-                cfg = family_config(family, seq_len, extra, args.quick, run_dir)
-                try:
-                    r = measure(cfg, args.steps, args.warmup)
-                except TooBig as e:
-                    print(f"| {family} | {seq_len} | {name} | does not fit: {e} | | |", flush=True)
-                    continue
-                except Exception as e:                 # noqa: BLE001 - one failing row must not lose the table
-                    print(f"| {family} | {seq_len} | {name} | error: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:100] if str(e) else ''} | | |", flush=True)
-                    continue
-                mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
-                print(f"| {family} | {seq_len} | {name} | {r['tokens_per_s']:.0f} | {mfu} | {mib(r['peak'])} |",
-                      flush=True)
+    for family, seq_len, name, extra in rows(args):
+        if time.monotonic() > args.deadline:
+            print(f"| {family} | {seq_len} | {name} | skipped: --time-budget spent | | |", flush=True)
+            continue
+        try:
+            r = measure(family_config(family, seq_len, extra, args.quick, run_dir), args.steps, args.warmup)
+        except TooBig as e:
+            print(f"| {family} | {seq_len} | {name} | does not fit: {e} | | |", flush=True)
+            continue
+        except Exception as e:                 # noqa: BLE001 - one failing row must not lose the table
+            print(f"| {family} | {seq_len} | {name} | error: {type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:100] if str(e) else ''} | | |", flush=True)
+            continue
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
+        print(f"| {family} | {seq_len} | {name} | {r['tokens_per_s']:.0f} | {mfu} | {mib(r['peak'])} |", flush=True)
 
 
 def longest(fits, start: int, step: int, limit: int) -> int:
@@ -212,11 +215,16 @@ def longest_table(args, run_dir: str) -> None:
 
         def trains(seq_len: int, family=family) -> bool:
             try:
+                t0 = time.monotonic()
                 measure(family_config(family, seq_len, long_on, args.quick, run_dir), 1, 0,
                         budget=capacity if args.quick else None)
-                return True
+                ok = True
             except TooBig:
-                return False
+                ok = False
+            # each try is printed as it ends: a run stopped by its time limit still says what it found
+            print(f"#   {family} T={seq_len}: {'trains' if ok else 'does not fit'} "
+                  f"({time.monotonic() - t0:.0f} s)", flush=True)
+            return ok
 
         def planned_fits(seq_len: int, family=family) -> bool:
             plan = make_plan(family_config(family, seq_len, long_on, args.quick, run_dir), 1, gpu, capacity)
@@ -238,9 +246,10 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
     p.add_argument("--longest", default="transformer,mamba2,hybrid", help="families to bisect ('' = none)")
-    p.add_argument("--longest-start", type=int, default=32768)
-    p.add_argument("--longest-step", type=int, default=16384)
-    p.add_argument("--longest-limit", type=int, default=2**20)
+    p.add_argument("--longest-start", type=int, default=65536)
+    p.add_argument("--longest-step", type=int, default=65536)
+    p.add_argument("--longest-limit", type=int, default=2**19,
+                   help="(a 1B Transformer step at 512K tokens is minutes of attention)")
     p.add_argument("--time-budget", type=float, default=0, help="seconds; rows not started by then are skipped "
                    "(0 = no limit), so a run on a lent GPU prints what it measured before its time is up")
     p.add_argument("--budget-mib", type=float, default=4.0, help="--quick: the CPU memory budget of the bisection")
