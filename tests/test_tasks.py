@@ -185,6 +185,10 @@ def test_long_context_recipes_load_and_give_task_dense_rows(name):
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml")
     assert cfg.data.corpus == "sized" and cfg.data.seq_len == 256
     models.build(cfg.model)
+    if cfg.data.warmup_docs:                       # a warm-up first: its rows are the warm-up kinds only
+        first = TOK.decode(build_loader(cfg.data).next_batch().tokens[0].tolist())
+        assert first.startswith("Random ids: ") and "pass key" not in first
+        cfg.data.warmup_docs = 0                   # the mix after it
     loader = build_loader(cfg.data)
     text = "".join(TOK.decode(row) for _ in range(4) for row in loader.next_batch().tokens.tolist())
     assert text.count("What is the pass key?") >= 4 and "The code of" in text and "Again:" in text
@@ -203,6 +207,43 @@ def test_induction_warmup_documents_repeat_their_random_half_and_are_training_on
         get_task("induction")                      # not an evaluation task: nothing to score
     with pytest.raises(TaskError, match=r"unknown data.tasks entry 'inductoin'; known: .*induction"):
         get_training_kind("inductoin")
+
+
+def test_token_induction_pairs_random_byte_ids_and_scores_only_what_the_context_predicts():
+    from data.tasks.registry import WARMUPS, get_training_kind
+
+    kind = get_training_kind("token_induction")
+    doc, scored = kind.document_scored(TOK, 200, seed=3)
+    assert len(doc) == len(scored) == 200 and doc == kind.document(TOK, 200, seed=3)
+    head = [TOK.BOS] + list(TOK.encode("Random ids: "))
+    assert doc[:len(head)] == head and doc[-1] == TOK.EOS and all(scored[:len(head)]) and scored[-1]
+    ids = doc[len(head):-1]
+    assert len(set(ids)) > 60 and max(ids) > 127           # ids from the whole byte range, not letters
+    # every scored id inside the body is a copy: the id and its predecessor recur 8..64 tokens back
+    for i in range(len(head) + 1, len(doc) - 1):
+        if scored[i]:
+            assert any(doc[i - d] == doc[i] and doc[i - 1 - d] == doc[i - 1] for d in range(8, 65)), i
+    assert 0.3 < sum(scored[len(head):-1]) / len(ids) < 0.5       # under half: first copies are not scored
+    assert kind.document(TOK, 200, seed=4) != doc and "token_induction" in WARMUPS
+    with pytest.raises(TaskError, match="unknown task 'token_induction'"):
+        get_task("token_induction")
+
+
+def test_packer_leaves_unscored_tokens_out_of_the_labels_and_warmup_docs_come_first():
+    from data.batch import IGNORE_INDEX
+
+    corpus = _corpus(fit_fraction=1.0, warmup_tasks=["token_induction"], warmup_docs=3)
+    packer = FittingPacker(corpus, 128)
+    first = corpus.document(0, 128)
+    tok, labels, _, doc = packer.next_row()
+    n = len(first)
+    _, scored = corpus.document_scored(0, 128)
+    assert np.array_equal(tok[:n], first) and tok[0] == TOK.BOS
+    assert np.array_equal(labels[:n - 1] != IGNORE_INDEX, scored[1:])
+    assert all(TOK.decode(corpus.document(i, 128).tolist()).startswith("Random ids: ") for i in range(3))
+    assert not TOK.decode(corpus.document(3, 128).tolist()).startswith("Random ids: ")
+    with pytest.raises(TaskError, match="data.warmup_docs must be >= 0"):
+        _corpus(warmup_docs=5)
 
 
 def test_sized_and_classic_synthetic_loaders_refuse_each_others_state():

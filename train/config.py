@@ -87,6 +87,9 @@ class DataConfig:
     task_weights: list[float] = opt(factory=list, help="sized corpus: one weight per data.tasks (empty = equal)")
     fit_fraction: float = opt(0.75, "sized corpus: share of documents (T/8..T) never cut by a row boundary")
     long_max: float = opt(4.0, "sized corpus: the other documents are T..long_max·T tokens")
+    warmup_tasks: list[str] = opt(factory=list, help="sized corpus: the first data.warmup_docs documents are drawn "
+                                  "from these (equal weights), e.g. token_induction: copying forms before retrieval")
+    warmup_docs: int = opt(0, "sized corpus: how many documents (from the start of the corpus) data.warmup_tasks supply")
     # data.source = "mixture": one [[data.sources]] table per source (set in the TOML file)
     sources: list[SourceConfig] = opt(factory=list, help="mixture sources: [[data.sources]] tables in the TOML file "
                                       "(path, format, weight, length filters, long-document upsampling)")

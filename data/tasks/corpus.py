@@ -6,7 +6,9 @@ is never cut by a row boundary (when it would be, the rest of the row is filled 
 piece instead), so a retrieval document's needle and question always share a row, at every
 depth; the others are T…long_max·T and run across rows (loss by position and carried states
 still see long documents). A share `task_mix` of documents are task documents (data/tasks/*,
-drawn by `task_weights`); the rest are filler prose. Document i is a pure function of
+drawn by `task_weights`); the rest are filler prose. A warm-up phase may come first: documents
+0..warmup_docs-1 are all drawn from `warmup_tasks` (e.g. token_induction, so that copying forms
+before the sparse retrieval signal has to find it). Document i is a pure function of
 (seed, i, T); the packer's state is (document, offset, the T it was drawn at, steps).
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from data.tasks.registry import get_training_kind
 
 class SizedCorpus:
     def __init__(self, tok, seed: int, tasks: list[str], weights: list[float], task_mix: float,
-                 fit_fraction: float, long_max: float):
+                 fit_fraction: float, long_max: float, warmup_tasks: list[str] = (), warmup_docs: int = 0):
         if weights and len(weights) != len(tasks):
             raise TaskError(f"data.task_weights has {len(weights)} entries for {len(tasks)} data.tasks; "
                             "give one weight per task (or none)")
@@ -35,6 +37,11 @@ class SizedCorpus:
         self.tasks = [get_training_kind(t) for t in tasks]
         self.weights = list(weights) or [1.0] * len(tasks)
         self.task_mix, self.fit_fraction, self.long_max = task_mix, fit_fraction, long_max
+        if warmup_docs < 0 or (warmup_docs > 0 and not warmup_tasks):
+            raise TaskError("data.warmup_docs must be >= 0, and > 0 only with data.warmup_tasks naming "
+                            "the warm-up document kinds (e.g. [\"token_induction\"])")
+        self.warmup = [get_training_kind(t) for t in warmup_tasks]
+        self.warmup_docs = warmup_docs
         self._min: dict[str, int] = {}
 
     def min_length(self, task) -> int:
@@ -47,17 +54,33 @@ class SizedCorpus:
         return self._min[task.name]
 
     def document(self, index: int, row_len: int) -> np.ndarray:
+        return self.document_scored(index, row_len)[0]
+
+    def document_scored(self, index: int, row_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Document `index` at row length T, and which of its tokens are scored as targets: all of them,
+        except where a kind marks tokens that nothing in the context predicts (token_induction's first
+        copies, random noise whose gradient would drown the copying signal it is there to teach)."""
         rng = random.Random(case_seed("sized", self.seed, index, row_len))
         fits = rng.random() < self.fit_fraction
         length = rng.randint(max(8, row_len // 8), row_len) if fits else \
             rng.randint(row_len + 1, max(row_len + 1, int(self.long_max * row_len)))
-        if self.tasks and rng.random() < self.task_mix:
+        task = None
+        if index < self.warmup_docs:
+            task = rng.choice(self.warmup)
+        elif self.tasks and rng.random() < self.task_mix:
             task = rng.choices(self.tasks, self.weights)[0]
+        if task is not None:
             length = max(length, self.min_length(task))      # longer than a row only if T is below its minimum
-            return np.asarray(task.document(self.tok, length, rng.randrange(2**31)), dtype=np.int64)
+            seed = rng.randrange(2**31)
+            if hasattr(task, "document_scored"):
+                ids, scored = task.document_scored(self.tok, length, seed)
+                return np.asarray(ids, dtype=np.int64), np.asarray(scored, dtype=bool)
+            ids = np.asarray(task.document(self.tok, length, seed), dtype=np.int64)
+            return ids, np.ones(len(ids), dtype=bool)
         start = doc_start(self.tok)
         body, _ = filler_ids(self.tok, rng, max(1, length - len(start) - 1))
-        return np.asarray(start + body + [int(self.tok.eos)], dtype=np.int64)
+        ids = np.asarray(start + body + [int(self.tok.eos)], dtype=np.int64)
+        return ids, np.ones(len(ids), dtype=bool)
 
     def pad(self, index: int, room: int) -> np.ndarray:
         """A filler piece of exactly `room` tokens (its own document) that closes a row."""
@@ -73,11 +96,12 @@ class FittingPacker:
     def __init__(self, corpus: SizedCorpus, seq_len: int):
         self.corpus, self.seq_len = corpus, seq_len
         self.doc_index, self.doc_offset, self.doc_row_len = 0, 0, seq_len
-        self._cache: tuple[int, int, np.ndarray] | None = None
+        self._cache: tuple | None = None
 
-    def _doc(self, i: int, row_len: int) -> np.ndarray:
+    def _doc(self, i: int, row_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scored) of document i."""
         if self._cache is None or self._cache[:2] != (i, row_len):
-            self._cache = (i, row_len, self.corpus.document(i, row_len))
+            self._cache = (i, row_len, self.corpus.document_scored(i, row_len))
         return self._cache[2]
 
     def state_dict(self) -> dict:
@@ -89,30 +113,32 @@ class FittingPacker:
 
     def next_row(self) -> tuple[np.ndarray, ...]:
         t = self.seq_len
-        toks, pos, doc, nxt = [], [], [], IGNORE_INDEX
+        toks, pos, doc, scored, nxt = [], [], [], [], IGNORE_INDEX
         filled, local = 0, 0
         while filled < t:
             if self.doc_offset == 0:
                 self.doc_row_len = t                    # a new document is sized to the current length
-            d = self._doc(self.doc_index, self.doc_row_len)
+            d, sc = self._doc(self.doc_index, self.doc_row_len)
             room = t - filled
             if self.doc_offset == 0 and room < len(d) <= t:
                 piece = self.corpus.pad(self.doc_index, room)
                 toks.append(piece), pos.append(np.arange(room)), doc.append(np.full(room, local))
+                scored.append(np.ones(room, dtype=bool))
                 break
             take = min(len(d) - self.doc_offset, room)
             toks.append(d[self.doc_offset:self.doc_offset + take])
+            scored.append(sc[self.doc_offset:self.doc_offset + take])
             pos.append(np.arange(self.doc_offset, self.doc_offset + take))
             doc.append(np.full(take, local))
             filled += take
             self.doc_offset += take
             if self.doc_offset == len(d):
                 self.doc_index, self.doc_offset, local = self.doc_index + 1, 0, local + 1
-            elif filled == t:
+            elif filled == t and sc[self.doc_offset]:
                 nxt = int(d[self.doc_offset])           # the document continues in the next row
         tok, p, dc = (np.concatenate(x).astype(np.int64) for x in (toks, pos, doc))
         labels = np.append(tok[1:], nxt)
-        labels[:-1][dc[1:] != dc[:-1]] = IGNORE_INDEX
+        labels[:-1][(dc[1:] != dc[:-1]) | ~np.concatenate(scored)[1:]] = IGNORE_INDEX
         return tok, labels, p, dc
 
     def next_batch(self, rows: int) -> Batch:
@@ -131,5 +157,6 @@ class SizedLoader(SyntheticLoader):
                  length_at: Callable[[int], int] | None = None):
         self._setup(data_cfg.batch_size, dp_rank, dp_size, data_cfg.seed, length_at)
         corpus = SizedCorpus(self.tokenizer, data_cfg.seed, list(data_cfg.tasks), list(data_cfg.task_weights),
-                             data_cfg.task_mix, data_cfg.fit_fraction, data_cfg.long_max)
+                             data_cfg.task_mix, data_cfg.fit_fraction, data_cfg.long_max,
+                             list(data_cfg.warmup_tasks), data_cfg.warmup_docs)
         self.packer = FittingPacker(corpus, data_cfg.seq_len)
