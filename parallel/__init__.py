@@ -38,15 +38,23 @@ def engine_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
+def compile_blocks(model: nn.Module, tp: int) -> None:
+    """torch.compile each block (one graph serves every block of a kind).
+
+    Under tensor parallelism the vocab-parallel embedding's output is a view of a DTensor's local
+    tensor; a compiled first block given that view sends its input gradient past DTensor's
+    to_local in the backward (torch 2.13: "'Tensor' object has no attribute '_local_tensor'"),
+    so the block gets a copy instead."""
+    if tp > 1 and getattr(model, "embed", None) is not None:
+        model.embed.register_forward_hook(lambda _m, _i, out: out.clone())
+    for block in model.layers:
+        block.compile()
+
+
 def parallelize(model: nn.Module, pstate: ParallelState, opts: EngineOptions, device: torch.device,
                 make_optimizer: OptimizerFactory) -> Engine:
     """Apply the configured parallelism to `model` (already on `device`); returns its Engine."""
     runner, grad_sync = None, None
-    if opts.compile and pstate.dims.tp > 1:
-        # compiled attention blocks hand DTensor's redistribute a plain-tensor gradient in the backward
-        # (torch 2.13; MLP blocks compile fine under tp): refused rather than half-compiled
-        raise LayoutError("train.compile does not run under tensor parallelism; "
-                          "set train.compile=false or parallel.tp=1")
     if pstate.dims.pp > 1:
         # stages are cut first (on the whole model), so TP and the rest apply to this rank's share
         from parallel.pipeline import PipelineRunner
@@ -77,8 +85,7 @@ def parallelize(model: nn.Module, pstate: ParallelState, opts: EngineOptions, de
                               "use train.checkpoint_policy=full (rematerialization-aware) or parallel.sp=1")
         apply_activation_checkpointing(model, opts.checkpoint_policy)
     if opts.compile:
-        for block in model.layers:     # per block: one graph serves every block of a kind
-            block.compile()
+        compile_blocks(model, pstate.dims.tp)
     if runner is None:
         return engine_class(opts.engine).build(model, pstate, opts, device, make_optimizer, grad_sync)
     if runner.tie is not None:

@@ -21,7 +21,7 @@ def docs_for(b: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def blockwise_grads(backward, q, k, v, do, window, docs, scale):
+def blockwise_grads(backward, q, k, v, do, window, docs, scale, with_out=False):
     kw = lambda j: dict(window=window, q_docs=None if docs is None else docs[:, 2 * N:],  # noqa: E731
                         k_docs=None if docs is None else docs[:, j * N:(j + 1) * N],
                         q_offset=2 * N, k_offset=j * N, scale=scale)
@@ -32,7 +32,9 @@ def blockwise_grads(backward, q, k, v, do, window, docs, scale):
     delta = bw.row_delta(o, do)
     dq, dks, dvs = 0, [], []
     for j in range(3):
-        dq_b, dk_b, dv_b = backward(q, k[:, j * N:(j + 1) * N], v[:, j * N:(j + 1) * N], do, lse, delta, **kw(j))
+        extra = dict(out=o.to(q.dtype)) if with_out else {}
+        dq_b, dk_b, dv_b = backward(q, k[:, j * N:(j + 1) * N], v[:, j * N:(j + 1) * N], do, lse, delta,
+                                    **kw(j), **extra)
         dq, dks, dvs = dq + dq_b, dks + [dk_b], dvs + [dv_b]
     return o, (dq, torch.cat(dks, 1), torch.cat(dvs, 1))
 
@@ -116,5 +118,24 @@ def test_packed_documents_build_no_mask(monkeypatch):
     g_ref = torch.autograd.grad(o_ref, (q, k, v), do)
     o, grads = blockwise_grads(bw.block_backward, q.detach(), k.detach(), v.detach(), do, None, docs, 8 ** -0.5)
     torch.testing.assert_close(o, o_ref.detach(), rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, g_ref):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", [dict(), dict(window=21), dict(docs=True)], ids=["causal", "window", "docs"])
+def test_query_owner_backward_reading_the_output_equals_reference(case):
+    """The query owner passes the saved output (out=) instead of the stand-in built from delta:
+    every block kind (visible, diagonal, masked, per-document pieces, cropped) still equals the
+    reference's gradients."""
+    gen = torch.Generator().manual_seed(21)
+    q = torch.randn(1, N, 4, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    k, v = (torch.randn(1, 3 * N, 2, 8, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(2))
+    do = torch.randn(1, N, 4, 8, dtype=torch.float64, generator=gen)
+    window, docs = case.get("window"), docs_for(1) if case.get("docs") else None
+    o_ref, _ = attention_reference(q, k, v, causal=True, window=window, q_offset=2 * N,
+                                   q_doc_ids=None if docs is None else docs[:, 2 * N:], k_doc_ids=docs)
+    g_ref = torch.autograd.grad(o_ref, (q, k, v), do)
+    o, grads = blockwise_grads(bw.block_backward, q.detach(), k.detach(), v.detach(), do, window, docs,
+                               8 ** -0.5, with_out=True)
     for got, want in zip(grads, g_ref):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

@@ -123,7 +123,7 @@ class TrainConfig:
     checkpoint_policy: str = choice("full", "selective",
                                     help="with activation_checkpointing: recompute whole blocks (full), or keep matmul "
                                          "and attention outputs and recompute the rest (selective)")
-    compile: bool = opt(False, "torch.compile each block (not under parallel.tp > 1)")
+    compile: bool = opt(False, "torch.compile each block")
     float8: bool = opt(False, "float8 linears in the blocks via torchao (pip install torchao; CUDA, compute "
                               "capability >= 8.9, parallel.tp=1)")
     kernels: str = choice("auto", "reference", "torch", "triton",
