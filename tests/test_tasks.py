@@ -246,6 +246,23 @@ def test_packer_leaves_unscored_tokens_out_of_the_labels_and_warmup_docs_come_fi
         _corpus(warmup_docs=5)
 
 
+def test_warmup_rows_are_closed_by_warmup_pieces_not_prose():
+    """During the warm-up a row's leftover room is a warm-up document of that size (prose there kept
+    copying from forming) unless it is shorter than the smallest one; after it, filler prose as before."""
+    corpus = _corpus(fit_fraction=1.0, warmup_tasks=["token_induction"], warmup_docs=40)
+    packer = FittingPacker(corpus, 128)
+    rows = [packer.next_row() for _ in range(6)]
+    assert packer.doc_index < 40
+    for tok, _, _, doc in rows:
+        for d in np.unique(doc):
+            piece = tok[doc == d].tolist()
+            assert len(piece) < corpus.min_length(corpus.warmup[0]) or TOK.decode(piece).startswith("Random ids: ")
+    ids, scored = corpus.pad(0, 100)
+    assert len(ids) == len(scored) == 100 and not scored.all()
+    ids, scored = corpus.pad(40, 100)                          # past the warm-up: prose, every token scored
+    assert len(ids) == 100 and scored.all() and TOK.decode(ids.tolist()).isprintable()
+
+
 def test_sized_and_classic_synthetic_loaders_refuse_each_others_state():
     from data.loader import SyntheticLoader
     from data.tasks.corpus import SizedLoader

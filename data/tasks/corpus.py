@@ -8,7 +8,8 @@ depth; the others are T…long_max·T and run across rows (loss by position and 
 still see long documents). A share `task_mix` of documents are task documents (data/tasks/*,
 drawn by `task_weights`); the rest are filler prose. A warm-up phase may come first: documents
 0..warmup_docs-1 are all drawn from `warmup_tasks` (e.g. token_induction, so that copying forms
-before the sparse retrieval signal has to find it). Document i is a pure function of
+before the sparse retrieval signal has to find it), and rows are closed by warm-up pieces instead
+of filler. Tokens a kind marks as unpredictable are left out of the labels. Document i is a pure function of
 (seed, i, T); the packer's state is (document, offset, the T it was drawn at, steps).
 """
 from __future__ import annotations
@@ -82,12 +83,19 @@ class SizedCorpus:
         ids = np.asarray(start + body + [int(self.tok.eos)], dtype=np.int64)
         return ids, np.ones(len(ids), dtype=bool)
 
-    def pad(self, index: int, room: int) -> np.ndarray:
-        """A filler piece of exactly `room` tokens (its own document) that closes a row."""
+    def pad(self, index: int, room: int) -> tuple[np.ndarray, np.ndarray]:
+        """A piece of exactly `room` tokens (its own document) that closes a row, and its scored
+        tokens: filler prose, or during the warm-up a warm-up document of that size (prose would
+        give the model something easier to learn than the copying the warm-up is there for)."""
         rng = random.Random(case_seed("pad", self.seed, index, room))
+        if index < self.warmup_docs:
+            task = rng.choice(self.warmup)
+            if hasattr(task, "document_scored") and room >= self.min_length(task):
+                ids, scored = task.document_scored(self.tok, room, rng.randrange(2**31))
+                return np.asarray(ids[:room], dtype=np.int64), np.asarray(scored[:room], dtype=bool)
         start = doc_start(self.tok)[:room]
         body, _ = filler_ids(self.tok, rng, room - len(start))
-        return np.asarray(start + body, dtype=np.int64)
+        return np.asarray(start + body, dtype=np.int64), np.ones(room, dtype=bool)
 
 
 class FittingPacker:
@@ -121,9 +129,9 @@ class FittingPacker:
             d, sc = self._doc(self.doc_index, self.doc_row_len)
             room = t - filled
             if self.doc_offset == 0 and room < len(d) <= t:
-                piece = self.corpus.pad(self.doc_index, room)
+                piece, piece_scored = self.corpus.pad(self.doc_index, room)
                 toks.append(piece), pos.append(np.arange(room)), doc.append(np.full(room, local))
-                scored.append(np.ones(room, dtype=bool))
+                scored.append(piece_scored)
                 break
             take = min(len(d) - self.doc_offset, room)
             toks.append(d[self.doc_offset:self.doc_offset + take])
