@@ -2,8 +2,7 @@
 
 `parallelize(model, pstate, opts, device, make_optimizer)` applies, in this fixed order:
 (pipeline cut) -> float8 linears (when enabled) -> TP -> activation checkpointing -> torch.compile
-(when enabled) -> the
-data-parallel engine (which builds the optimizer). The pipeline cut comes first because every
+(when enabled) -> the data-parallel engine (which builds the optimizer). The pipeline cut comes first because every
 later step acts on the blocks this rank keeps; data parallel comes last because it wraps (DDP,
 DeepSpeed) or shards (FSDP2) the final parameters. It returns the Engine the trainer drives
 (parallel/engine.py).
