@@ -145,15 +145,10 @@ class _TritonScan(torch.autograd.Function):
         return da, dx, (dh0.to(h0.dtype) if dh0 is not None else None), None
 
 
-def linear_scan_triton(
-    a: torch.Tensor,
-    x: torch.Tensor,
-    *,
-    initial_state: torch.Tensor | None = None,
-    doc_ids: torch.Tensor | None = None,
-    return_final_state: bool = False,
-):
-    """Same contract as linear_scan_reference; fp32 accumulation (float64 inputs run in fp32)."""
+def run_scan(scan_fn, a, x, initial_state, doc_ids, return_final_state: bool):
+    """The entry every Triton scan variant shares: fp32 accumulation (float64 inputs run in fp32 and
+    come back float64), contiguous inputs, int32 document ids, an empty sequence answered without a
+    launch; `scan_fn(a, x, h0, doc)` is the variant's autograd function's apply."""
     if x.device.type == "cpu" and not _interpreted():
         raise RuntimeError("the Triton linear scan on CPU needs TRITON_INTERPRET=1 (or run on a CUDA device)")
     in_dtype = x.dtype
@@ -167,7 +162,19 @@ def linear_scan_triton(
         h = x
         final = h0.float() if h0 is not None else x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32)
     else:
-        h, final = _TritonScan.apply(a, x, h0, doc)
+        h, final = scan_fn(a, x, h0, doc)
     if in_dtype == torch.float64:
         h, final = h.double(), final.double()
     return (h, final) if return_final_state else h
+
+
+def linear_scan_triton(
+    a: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+    doc_ids: torch.Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """Same contract as linear_scan_reference; fp32 accumulation (float64 inputs run in fp32)."""
+    return run_scan(_TritonScan.apply, a, x, initial_state, doc_ids, return_final_state)

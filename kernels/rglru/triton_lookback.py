@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from kernels.dispatch import empty_output
-from kernels.rglru.triton import _combine
+from kernels.rglru.triton import _combine, _interpreted, run_scan
 
 SENTINEL = tl.constexpr(0x7FBADBAD)       # int32 bits of a NaN payload no arithmetic produces
 CANONICAL_NAN = tl.constexpr(0x7FC00000)
@@ -134,10 +134,6 @@ def lookback_bwd_kernel(A, H, H0, DOC, DH, DFINAL, DA, DX, DH0, CARRY, TICKET, T
     tl.store(DA + ptr, (g * h_prev).to(DA.dtype.element_ty), mask=m)
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def lookback_tiles(d: int, default: tuple[int, int, int] = (32, 128, 4)) -> tuple[int, int, dict]:
     """(BLOCK_T, BLOCK_D, launch options): 32 tokens × up to 128 contiguous channels (256-byte rows
     in bf16), 4 warps per program on a GPU (`benchmarks/kernels.py --static`, offline sm_90: 125 and
@@ -201,20 +197,4 @@ def linear_scan_lookback(
     return_final_state: bool = False,
 ):
     """Same contract as linear_scan_reference; fp32 accumulation (float64 inputs run in fp32)."""
-    if x.device.type == "cpu" and not _interpreted():
-        raise RuntimeError("the Triton linear scan on CPU needs TRITON_INTERPRET=1 (or run on a CUDA device)")
-    in_dtype = x.dtype
-    if in_dtype == torch.float64:
-        a, x = a.float(), x.float()
-        initial_state = initial_state.float() if initial_state is not None else None
-    a, x = a.contiguous(), x.contiguous()
-    h0 = initial_state.contiguous() if initial_state is not None else None
-    doc = doc_ids.to(torch.int32).contiguous() if doc_ids is not None else None
-    if x.shape[1] == 0:
-        h = x
-        final = h0.float() if h0 is not None else x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32)
-    else:
-        h, final = _LookbackScan.apply(a, x, h0, doc)
-    if in_dtype == torch.float64:
-        h, final = h.double(), final.double()
-    return (h, final) if return_final_state else h
+    return run_scan(_LookbackScan.apply, a, x, initial_state, doc_ids, return_final_state)
