@@ -15,22 +15,7 @@ pytest.importorskip("triton")
 
 from kernels.rglru import triton_lookback  # noqa: E402
 from kernels.rglru.triton_lookback import linear_scan_lookback  # noqa: E402
-
-
-def _rel(got, ref):
-    got, ref = got.double(), ref.double()
-    assert torch.isfinite(got).all(), "non-finite output (an element was not written)"
-    return ((got - ref).norm() / ref.norm()).item()
-
-
-def _run(fn, a, x, h0, doc, g, gf, dtype):
-    a, x = (t.detach().to(dtype).requires_grad_() for t in (a, x))
-    s = None if h0 is None else h0.detach().to(torch.float64 if dtype == torch.float64 else torch.float32)
-    if s is not None:
-        s.requires_grad_()
-    h, final = fn(a, x, initial_state=s, doc_ids=doc, return_final_state=True)
-    ((h.double() * g).sum() + (final.double() * gf).sum()).backward()
-    return [h.detach(), final.detach(), a.grad, x.grad] + ([s.grad] if s is not None else [])
+from tests.test_triton_rglru import _rel, _run  # noqa: E402
 
 
 def _case(b, t, d, with_h0, docs, seed):
