@@ -146,17 +146,18 @@ def head_splits(rep: int, programs: int, target: int = 512) -> int:
     return hs
 
 
-def ssd_backward(dy, dfinal, x, dt, A, B, C, D, h0, seg, enter, keep, L, *, lowp: bool, warps: dict):
-    """Gradients (dx, ddt, dA, dB, dC, dD, dh0) of ssd_triton's outputs (y, final state)."""
+def state_gradients(dy, dfinal, x, dt, A, C, seg, enter, keep, L, *, lowp: bool, warps: dict):
+    """The part every SSD backward shares: gradients of the chunk-entry states (the output's
+    dependence through C, then passed back along the chunks, with dfinal) -> (dy made contiguous,
+    dcs [B, nc, H, P, N], dkeep [B, nc, H], dh0 [B, H, P, N]), all fp32."""
     b, t, h, p = x.shape
-    g, n = B.shape[2], B.shape[3]
+    g, n = C.shape[2], C.shape[3]
     nc = enter.shape[1]
     bp, bn = max(16, triton.next_power_of_2(p)), max(16, triton.next_power_of_2(n))
     dy = torch.zeros_like(x) if dy is None else dy.contiguous()
     dev = x.device
-    common = dict(L=L, BP=bp, BN=bn, LOWP=lowp, **warps)
     ded = empty_output((b, nc, h, p, n), dtype=torch.float32, device=dev)
-    chunk_denter_kernel[(nc, b * h)](dy, dt, A, C, seg, ded, t, h, g, p, n, **common)
+    chunk_denter_kernel[(nc, b * h)](dy, dt, A, C, seg, ded, t, h, g, p, n, L=L, BP=bp, BN=bn, LOWP=lowp, **warps)
     block = 256
     nblk = triton.cdiv(p * n, block)
     dcs = empty_output((b, nc, h, p, n), dtype=torch.float32, device=dev)
@@ -165,7 +166,18 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, D, h0, seg, enter, keep, L, *, lowp
     state_pass_bwd_kernel[(b * h, nblk)](
         ded, enter, keep, dfinal.contiguous() if dfinal is not None else ded, dcs, dkeep_part, dh0, nc, h, p * n,
         HAS_DFINAL=dfinal is not None, BLOCK=block)
-    dkeep = dkeep_part.sum(-1).contiguous()
+    return dy, dcs, dkeep_part.sum(-1).contiguous(), dh0
+
+
+def ssd_backward(dy, dfinal, x, dt, A, B, C, D, h0, seg, enter, keep, L, *, lowp: bool, warps: dict):
+    """Gradients (dx, ddt, dA, dB, dC, dD, dh0) of ssd_triton's outputs (y, final state)."""
+    b, t, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    nc = enter.shape[1]
+    bp, bn = max(16, triton.next_power_of_2(p)), max(16, triton.next_power_of_2(n))
+    dev = x.device
+    common = dict(L=L, BP=bp, BN=bn, LOWP=lowp, **warps)
+    dy, dcs, dkeep, dh0 = state_gradients(dy, dfinal, x, dt, A, C, seg, enter, keep, L, lowp=lowp, warps=warps)
     dx = empty_output(x.shape, dtype=x.dtype, device=dev)
     ddt = empty_output((b, t, h), dtype=torch.float32, device=dev)
     hs = head_splits(h // g, nc * b * g)

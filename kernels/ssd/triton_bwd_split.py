@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from kernels.dispatch import empty_output
-from kernels.ssd.triton_bwd import chunk_denter_kernel, head_splits, state_pass_bwd_kernel
+from kernels.ssd.triton_bwd import head_splits, state_gradients
 from kernels.ssd.triton_fwd import _chunk_decays, _mm
 
 
@@ -147,20 +147,8 @@ def ssd_backward_split(dy, dfinal, x, dt, A, B, C, D, h0, seg, enter, keep, L, *
     g, n = B.shape[2], B.shape[3]
     nc = enter.shape[1]
     bp, bn = max(16, triton.next_power_of_2(p)), max(16, triton.next_power_of_2(n))
-    dy = torch.zeros_like(x) if dy is None else dy.contiguous()
     dev = x.device
-    common = dict(L=L, BP=bp, BN=bn, LOWP=lowp, **warps)
-    ded = empty_output((b, nc, h, p, n), dtype=torch.float32, device=dev)
-    chunk_denter_kernel[(nc, b * h)](dy, dt, A, C, seg, ded, t, h, g, p, n, **common)
-    block = 256
-    nblk = triton.cdiv(p * n, block)
-    dcs = empty_output((b, nc, h, p, n), dtype=torch.float32, device=dev)
-    dkeep_part = empty_output((b, nc, h, nblk), dtype=torch.float32, device=dev)
-    dh0 = empty_output((b, h, p, n), dtype=torch.float32, device=dev)
-    state_pass_bwd_kernel[(b * h, nblk)](
-        ded, enter, keep, dfinal.contiguous() if dfinal is not None else ded, dcs, dkeep_part, dh0, nc, h, p * n,
-        HAS_DFINAL=dfinal is not None, BLOCK=block)
-    dkeep = dkeep_part.sum(-1).contiguous()
+    dy, dcs, dkeep, dh0 = state_gradients(dy, dfinal, x, dt, A, C, seg, enter, keep, L, lowp=lowp, warps=warps)
     dx = empty_output(x.shape, dtype=x.dtype, device=dev)
     ddt = empty_output((b, t, h), dtype=torch.float32, device=dev)
     da_part = empty_output((b, nc, h), dtype=torch.float32, device=dev)
