@@ -24,10 +24,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
-@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (4, 1)], ids=["mha", "gqa", "mqa"])
-def test_fast_path_matches_reference(case, heads):
-    gen = torch.Generator().manual_seed(hash((str(case), heads)) % 2**31)
+def case_inputs(case: dict, heads: tuple[int, int], gen: torch.Generator):
+    """(q, k, v, attention kwargs) of one CASES entry: float64 leaves, random documents when asked."""
     b, t, d = 2, 16, 8
     h, hkv = heads
     q = torch.randn(b, t, h, d, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -38,6 +36,14 @@ def test_fast_path_matches_reference(case, heads):
     if case.get("docs"):
         doc = random_docs(b, t, gen)
         kw.update(q_doc_ids=doc, k_doc_ids=doc)
+    return q, k, v, kw
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (4, 1)], ids=["mha", "gqa", "mqa"])
+def test_fast_path_matches_reference(case, heads):
+    gen = torch.Generator().manual_seed(hash((str(case), heads)) % 2**31)
+    q, k, v, kw = case_inputs(case, heads, gen)
     o1, l1 = attention(q, k, v, return_lse=True, **kw)
     o2, l2 = attention_reference(q, k, v, **kw)
     torch.testing.assert_close(o1, o2, rtol=1e-10, atol=1e-10)
@@ -73,16 +79,8 @@ def test_lse_gradient_matches_reference(case, heads):
     """The LSE `attention(..., return_lse=True)` returns is differentiable and its gradient is exact
     (aten's CPU flash op marks it non-differentiable; sdpa.CpuFlash adds the LSE backward)."""
     gen = torch.Generator().manual_seed(hash((str(case), heads, "lse")) % 2**31)
-    b, t, d = 2, 16, 8
-    h, hkv = heads
-    q = torch.randn(b, t, h, d, dtype=torch.float64, generator=gen, requires_grad=True)
-    k = torch.randn(b, t, hkv, d, dtype=torch.float64, generator=gen, requires_grad=True)
-    v = torch.randn(b, t, hkv, d, dtype=torch.float64, generator=gen, requires_grad=True)
-    kw = dict(causal=case.get("causal", True), window=case.get("window"),
-              q_offset=case.get("q_offset", 0), k_offset=case.get("k_offset", 0))
-    if case.get("docs"):
-        doc = random_docs(b, t, gen)
-        kw.update(q_doc_ids=doc, k_doc_ids=doc)
+    q, k, v, kw = case_inputs(case, heads, gen)
+    b, t, h, d = q.shape
     go = torch.randn(b, t, h, d, dtype=torch.float64, generator=gen)
     gl = torch.randn(b, h, t, dtype=torch.float64, generator=gen)
     grads = []
