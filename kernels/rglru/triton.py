@@ -114,6 +114,17 @@ def _blocks(b: int, d: int) -> tuple[int, int, dict]:
     return 64, bd, {"num_warps": 4}
 
 
+def grad_buffers(dh, a, h, h0):
+    """What every Triton scan backward starts from: dh (zeros when only the final state has a
+    gradient) and unwritten da, dx and dh0 (None without an initial state) for its kernel to fill."""
+    bsz, t, d = h.shape
+    dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+    da = empty_output((bsz, t, d), dtype=a.dtype, device=a.device)
+    dx = empty_output((bsz, t, d), dtype=h.dtype, device=h.device)
+    dh0 = empty_output((bsz, d), dtype=torch.float32, device=h.device) if h0 is not None else None
+    return dh, da, dx, dh0
+
+
 class _TritonScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, x, h0, doc):
@@ -131,10 +142,7 @@ class _TritonScan(torch.autograd.Function):
     def backward(ctx, dh, dfinal):
         a, h, h0, doc = ctx.saved_tensors
         bsz, t, d = h.shape
-        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-        da = empty_output((bsz, t, d), dtype=a.dtype, device=a.device)
-        dx = empty_output((bsz, t, d), dtype=h.dtype, device=h.device)
-        dh0 = empty_output((bsz, d), dtype=torch.float32, device=h.device) if h0 is not None else None
+        dh, da, dx, dh0 = grad_buffers(dh, a, h, h0)
         bt, bd, opts = _blocks(bsz, d)
         dummy = da
         scan_bwd_kernel[(bsz, triton.cdiv(d, bd))](

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from kernels.dispatch import empty_output
-from kernels.rglru.triton import _combine, _interpreted, run_scan
+from kernels.rglru.triton import _combine, _interpreted, grad_buffers, run_scan
 
 SENTINEL = tl.constexpr(0x7FBADBAD)       # int32 bits of a NaN payload no arithmetic produces
 CANONICAL_NAN = tl.constexpr(0x7FC00000)
@@ -174,10 +174,7 @@ class _LookbackScan(torch.autograd.Function):
     def backward(ctx, dh, dfinal):
         a, h, h0, doc = ctx.saved_tensors
         bsz, t, d = h.shape
-        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-        da = empty_output((bsz, t, d), dtype=a.dtype, device=a.device)
-        dx = empty_output((bsz, t, d), dtype=h.dtype, device=h.device)
-        dh0 = empty_output((bsz, d), dtype=torch.float32, device=h.device) if h0 is not None else None
+        dh, da, dx, dh0 = grad_buffers(dh, a, h, h0)
         meta, grid, carry, ticket, sizes = _grid_buffers(bsz, t, d, h.device)
         dummy = da
         lookback_bwd_kernel[grid](
