@@ -100,12 +100,13 @@ def part_a(args, res: dict) -> None:
 
 
 def continue_training(base_run: Path, run: Path, overrides: list[str], args, tag: str) -> float:
-    """A short run from the base weights (fresh optimizer and schedule) with `overrides` (e.g. 4·T)."""
+    """A short run from the base weights (fresh optimizer and schedule) with `overrides` (e.g. 4·T). The
+    base recipe's copy warm-up is not repeated: the first documents of a continued run are the task mix."""
     model, cfg = load_trained(base_run)
     cfg = load_config(list_checkpoints(base_run / "checkpoints")[-1] / "config.toml", [
         f"--train.steps={args.ext_steps}", f"--train.run_dir={run}", "--checkpoint.every=0",
         "--checkpoint.keep_last=1", f"--train.log_every={max(1, args.ext_steps // 2)}", "--optim.warmup_steps=5",
-        f"--optim.lr={args.ext_lr}", *overrides, *(["--data.batch_size=1"] if args.quick else [])])
+        f"--optim.lr={args.ext_lr}", "--data.warmup_docs=0", *overrides, *(["--data.batch_size=1"] if args.quick else [])])
     init = Checkpointer(run, keep_last=0, rank=0).save_initial(model, dump_toml(cfg), source=str(base_run))
     cfg.checkpoint.resume = str(init)
     return quiet_train(cfg, tag)
