@@ -168,6 +168,28 @@ def passkey_held_out(tok, seq_len: int, n: int, seed: int = 777_000):
     return x, mask[:, 1:]
 
 
+def key_copy_held_out(tok, seq_len: int, n: int, seed: int = 777_000):
+    """n key_copy warm-up documents of T tokens and a mask of their asked-back digits (the scored digits:
+    the filler has none)."""
+    from data.tasks.registry import get_training_kind
+
+    x = torch.full((n, seq_len + 1), int(tok.eos), dtype=torch.long)
+    mask = torch.zeros(n, seq_len + 1, dtype=torch.bool)
+    for i in range(n):
+        ids, scored = get_training_kind("key_copy").document_scored(tok, seq_len, seed + i)
+        x[i, :len(ids)] = torch.tensor(ids)
+        mask[i, :len(ids)] = torch.tensor([s and 48 <= t <= 57 for t, s in zip(ids, scored)])
+    return x, mask[:, 1:]
+
+
+def digit_accuracy(model, x: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """Teacher-forced accuracy of the masked digits, and the share of rows whose masked digits are all right."""
+    with torch.no_grad():
+        hit = model(x[:, :-1]).argmax(-1) == x[:, 1:]
+    rows = torch.stack([hit[i][mask[i]].all() for i in range(len(x))]).float().mean().item()
+    return hit[mask].float().mean().item(), rows
+
+
 def train_passkey(args) -> list[tuple[int, float, float, float]]:
     """The trainer's own data (the config's sized corpus, --set overrides applied), model and optimizer
     (AdamW, its lr schedule, clipping) in a bare loop; every --every steps the teacher-forced accuracy
@@ -184,6 +206,7 @@ def train_passkey(args) -> list[tuple[int, float, float, float]]:
     opt = build_optimizer(model, cfg.optim, torch.device("cpu"))
     loader = build_loader(cfg.data)
     x, mask = passkey_held_out(loader.tokenizer, cfg.data.seq_len, args.held_out)
+    kx, kmask = key_copy_held_out(loader.tokenizer, cfg.data.seq_len, args.held_out)
     rows, t_train, t0 = [], 0.0, time.perf_counter()
     for step in range(steps):
         t1 = time.perf_counter()
@@ -199,13 +222,12 @@ def train_passkey(args) -> list[tuple[int, float, float, float]]:
         opt.step()
         t_train += time.perf_counter() - t1
         if (step + 1) % args.every == 0 or step + 1 == steps:
-            with torch.no_grad():
-                hit = model(x[:, :-1]).argmax(-1) == x[:, 1:]
-            digit = hit[mask].float().mean().item()
-            key = torch.stack([hit[i][mask[i]].all() for i in range(len(x))]).float().mean().item()
-            rows.append((step + 1, loss.item(), digit, key))
+            digit, key = digit_accuracy(model, x, mask)
+            copy, _ = digit_accuracy(model, kx, kmask)
+            rows.append((step + 1, loss.item(), digit, key, copy))
             print(f"step {step + 1:5d}  loss {loss.item():.3f}  digit-acc {digit:.3f}  key-acc {key:.3f}  "
-                  f"{(step + 1) / t_train:.2f} steps/s  {time.perf_counter() - t0:.0f}s", flush=True)
+                  f"key_copy-acc {copy:.3f}  {(step + 1) / t_train:.2f} steps/s  {time.perf_counter() - t0:.0f}s",
+                  flush=True)
     return rows
 
 

@@ -11,7 +11,7 @@ from data.tasks.registry import WARMUPS, get_training_kind
 from data.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
-UNIT = re.compile(r" The key is (\d{5})\. Remember it\.(.*?) What is the key\? The key is (\d{5})\.", re.S)
+UNIT = re.compile(r" key (\d{5})\.(.*?) key\? (\d{5})\.", re.S)
 
 
 @pytest.mark.parametrize("length", [0, 70, 150, 256, 600])
@@ -22,7 +22,7 @@ def test_documents_are_exact_and_every_number_is_asked_back_after_a_short_gap(le
     assert len(doc) == max(length, kind.min_length(TOK)) and doc[0] == TOK.BOS and doc[-1] == TOK.EOS
     text = TOK.decode(doc[1:-1])
     units = UNIT.findall(text)
-    assert len(units) >= max(1, length // 120)                      # several units per row, not one
+    assert len(units) >= max(1, length // 80)                      # several units per row, not one
     assert all(a == b and len(TOK.encode(gap)) <= 48 for a, gap, b in units)
     assert len({a for a, _, _ in units}) == len(units)             # a new number each time
     hidden = TOK.decode([t for t, s in zip(doc, scored) if not s])

@@ -1,6 +1,6 @@
 """Key copy (a training-only warm-up): a number written after a cue, a short stretch of prose, then asked back.
 
-" The key is 48213. Remember it. <0..MAX_GAP tokens of filler> What is the key? The key is 48213."
+" key 48213. <0..MAX_GAP tokens of filler> key? 48213."
 again and again until the document is full, each unit with a new number. It is the passkey skill —
 write the digits that follow a cue into the state, keep them through filler, emit them when the
 cue comes back — on one number at a time (no associative recall over many pairs, which a small
@@ -21,8 +21,8 @@ MAX_GAP = 48                # filler tokens between a number and its question: 0
 
 
 def parts(tok, key: str) -> tuple[list[int], ...]:
-    return (text_ids(tok, " The key is "), text_ids(tok, key), text_ids(tok, ". Remember it."),
-            text_ids(tok, " What is the key? The key is "), text_ids(tok, "."))
+    return (text_ids(tok, " key "), text_ids(tok, key), text_ids(tok, "."),
+            text_ids(tok, " key? "), text_ids(tok, "."))
 
 
 def unit_fixed(tok) -> int:
