@@ -53,6 +53,34 @@ def test_sp_mode_matches_single_process(pool2, pool4, case):
         assert max(o[0] for o in out) < 1e-10, (pool.world, case)
 
 
+def a2a_check(rank, world):
+    from parallel.sequence.heads import HeadLayout, all_to_all
+    from parallel.sequence.p2p import SPGroup
+
+    g = SPGroup()
+    sub = HeadLayout(g, world).heads
+    gen = torch.Generator().manual_seed(rank)
+    x = torch.randn(2, 3, 2 * world, 4, dtype=torch.float64, generator=gen)      # [B, n, H', D]
+    member_major = x.reshape(2, 3, world, 2, 4).permute(2, 0, 1, 3, 4).contiguous()
+    out, sent = [], []
+    for whole in (True, False):
+        sub.whole = whole
+        before = g.bytes_sent
+        seq = all_to_all(x, sub, True)
+        out += [seq, all_to_all(member_major, sub, True), all_to_all(seq, sub, False)]
+        sent.append(g.bytes_sent - before)
+    back_is_x = bool(torch.equal(out[2], x))
+    return [bool(torch.equal(a, b)) for a, b in zip(out[:3], out[3:])], sent[0] == sent[1], back_is_x
+
+
+def test_whole_group_all_to_all_equals_point_to_point(pool2, pool4):
+    """ulysses' one all_to_all_single collective moves exactly what the P−1 point-to-point pairs
+    (2d's head groups) move: same tensors, same bytes counted, and the inverse restores the input."""
+    for pool in (pool2, pool4):
+        for same, same_bytes, back in pool.run(a2a_check):
+            assert same == [True, True, True] and same_bytes and back
+
+
 def test_mode_problems_are_one_line():
     assert mode_problem("ring", 4, 1, 8).startswith("parallel.sp_mode='ring' is not one of")
     assert "sp_head_group=3 must divide parallel.sp=4" in mode_problem("2d", 4, 3, 12)
