@@ -1,5 +1,7 @@
 """Head×sequence layouts for sequence-parallel attention: `parallel.sp_mode`.
 
+- auto:     (the default) ulysses where sp divides the heads of a tensor-parallel rank, else
+            distattn (resolve_mode: the measured rule).
 - distattn: every rank keeps all heads of its T/P tokens; DistAttn over the P ranks.
 - ulysses:  an all-to-all over heads gives each rank H/P heads of the whole sequence; plain
             attention runs locally; a second all-to-all returns the output (DeepSpeed-Ulysses'
@@ -24,7 +26,17 @@ import torch
 from parallel.sequence.chunks import ChunkLayout
 from parallel.sequence.p2p import SPGroup
 
-SP_MODES = ("distattn", "ulysses", "2d")
+SP_MODES = ("auto", "distattn", "ulysses", "2d")
+
+
+def resolve_mode(mode: str, sp: int, heads: int | None) -> str:
+    """The layout `mode` stands for at sp ranks with `heads` query heads per tensor-parallel rank.
+    "auto" (the default) is ulysses where sp divides the heads and distattn otherwise: on gloo CPU
+    ulysses measured ≤ distattn's CPU time at every P = 2, 4 and T = 2K, 8K, with and without packed
+    documents (benchmarks/RESULTS.md, issue 21), and equal to DeepSpeed-Ulysses within noise."""
+    if mode != "auto":
+        return mode
+    return "ulysses" if heads is not None and sp > 1 and heads % sp == 0 else "distattn"
 
 
 def head_group_size(mode: str, world: int, head_group: int) -> int:
@@ -36,6 +48,8 @@ def mode_problem(mode: str, sp: int, head_group: int, heads: int | None) -> str 
     """Why (one line) `mode` cannot split `heads` query heads per tensor-parallel rank over sp ranks, or None."""
     if mode not in SP_MODES:
         return f"parallel.sp_mode={mode!r} is not one of {', '.join(SP_MODES)}"
+    if mode == "auto":
+        return None                          # resolve_mode falls back to distattn where ulysses cannot split
     if mode == "2d" and (head_group < 1 or sp % head_group):
         return (f"parallel.sp_head_group={head_group} must divide parallel.sp={sp} for sp_mode='2d'; "
                 "pick a divisor of sp")
