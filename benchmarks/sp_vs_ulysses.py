@@ -64,9 +64,20 @@ def saved_bytes(fn) -> int:
     return counter.total
 
 
-def modes_for(world: int) -> list[str]:
-    """Our modes at this P: 2d (head groups of 2) only where it differs from ulysses (P > 2)."""
-    return ["distattn", "ulysses"] + (["2d"] if world > 2 else [])
+def modes_for(world: int, wanted: str = "distattn,ulysses,2d") -> list[str]:
+    """Our modes at this P: 2d (head groups of 2) only where it differs from ulysses (P > 2).
+    "ulysses-p2p": ulysses with its all-to-alls as P−1 point-to-point pairs instead of one
+    collective (the comparison behind heads.all_to_all_whole)."""
+    return [m for m in wanted.split(",") if m != "2d" or world > 2]
+
+
+def make_hooks(mode: str):
+    from parallel.sequence import SequenceParallelHooks
+
+    hooks = SequenceParallelHooks(mode=mode.removesuffix("-p2p"), head_group=2)
+    if mode.endswith("-p2p"):
+        hooks.head_layout.heads.whole = False
+    return hooks
 
 
 def worker(rank: int, world: int, args) -> dict:
@@ -77,8 +88,6 @@ def worker(rank: int, world: int, args) -> dict:
     from deepspeed.sequence.layer import DistributedAttention
 
     from kernels.attention import attention
-    from parallel.sequence import SequenceParallelHooks
-
     t, n = args.seq_len, args.seq_len // world
     gen = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(1, t, H, D, generator=gen) for _ in range(4))
@@ -86,7 +95,7 @@ def worker(rank: int, world: int, args) -> dict:
     docs = packed_docs(t) if args.layout == "packed" else None
     local_docs = None if docs is None else docs[:, sl].clone()
     deepspeed.init_distributed(dist_backend="gloo")      # adopts the torch process group already set up
-    hooks = {mode: SequenceParallelHooks(mode=mode, head_group=2) for mode in modes_for(world)}
+    hooks = {mode: make_hooks(mode) for mode in modes_for(world, args.modes)}
 
     def local(qh, kh, vh, *_, **__):
         return attention(qh, kh, vh, causal=True, q_doc_ids=docs, k_doc_ids=docs)
@@ -139,6 +148,7 @@ def main() -> None:
     ap.add_argument("--seq-lens", default="2048")
     ap.add_argument("--docs", default="none,packed")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--modes", default="distattn,ulysses,2d", help="ours, each paired with DeepSpeed (also ulysses-p2p)")
     args = ap.parse_args()
     print(f"# gloo CPU, 1 thread per rank, B=1, H={H}, head_dim={D}, fp32, causal, median of {args.reps} "
           f"(slowest rank per call); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start: "
@@ -162,7 +172,7 @@ def main() -> None:
                 uly_b = 4 * (world - 1) / world * (t // world) * H * D * 4 / nd
                 one = res[0]["act_one_process"]
                 act_ds = max(r["act"]["deepspeed"] for r in res) * world / one
-                for mode in modes_for(world):
+                for mode in modes_for(world, args.modes):
                     ours_b = max(r["fwd_bytes"][mode] for r in res) / nd
                     act = max(r["act"][mode] for r in res) * world / one
                     ours, ds = (pair_clocks(res, mode, name) for name in (mode, "deepspeed"))

@@ -3,7 +3,8 @@
 The prompt is the classic shape (instruction, filler, "The pass key is K. Remember it.",
 filler, question) from the passkey task (data/tasks/passkey.py), exactly `length` tokens long.
 train/task_eval.py runs every registered task the same way; this module keeps the passkey-only
-API (build_case, run_passkey) and the decoding helpers both use.
+API (build_case, score_passkey, and run_passkey, a thin call into task_eval.run_task) and the
+decoding helpers both use.
 """
 from __future__ import annotations
 
@@ -72,27 +73,13 @@ def greedy_decode(model, prompt: torch.Tensor, max_new_tokens: int, use_generate
 
 @torch.no_grad()
 def run_passkey(model, tokenizer, lengths: list[int], depths: list[float], trials: int, seed: int = 0,
-                device: torch.device | str = "cpu", use_generate: bool = True,
-                max_new_tokens: int = 8) -> dict:
-    """Accuracy grid {length: {depth: acc}} plus every case's decoded text (for the JSON)."""
-    model.eval()
-    grid: dict[int, dict[float, float]] = {}
-    cases_out = []
-    for length in lengths:
-        grid[length] = {}
-        for depth in depths:
-            hits = 0
-            for trial in range(trials):
-                case = build_case(tokenizer, length, depth, seed, trial)
-                prompt = torch.tensor([case.prompt_ids], device=device)
-                new = greedy_decode(model, prompt, max_new_tokens, use_generate)[0].tolist()
-                text = tokenizer.decode(new)
-                ok = score_passkey(text, case.key)
-                hits += ok
-                cases_out.append({"length": length, "depth": depth, "trial": trial, "tokens": len(case.prompt_ids),
-                                  "key": case.key, "generated": text, "correct": ok})
-            grid[length][depth] = hits / max(1, trials)
-    return {"lengths": lengths, "depths": depths, "trials": trials,
-            "accuracy": [[grid[L][d] for L in lengths] for d in depths],   # rows = depths, cols = lengths
-            "mean_accuracy_by_length": {str(L): sum(grid[L].values()) / len(depths) for L in lengths},
-            "cases": cases_out}
+                device: torch.device | str = "cpu", use_generate: bool = True) -> dict:
+    """run_task with the passkey task (batched decoding), each case also carrying its `key` and
+    `correct` (the exact-match verdict) for callers written against this passkey-only API."""
+    from train.task_eval import run_task  # task_eval imports this module's decoding helpers
+
+    res = run_task(model, tokenizer, get_task("passkey"), lengths, depths, trials, seed=seed, device=device,
+                   use_generate=use_generate)
+    for c in res["cases"]:
+        c["key"], c["correct"] = c["answers"][0], c["score"] == 1.0
+    return res
