@@ -33,3 +33,24 @@ def test_quick_mode_runs_every_part(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| stack | steps | train s | passkey 1T | multi-key 1T |" in out and "| transformer | YaRN |" in out
     assert (tmp_path / "out" / "a" / "transformer" / "passkey.png").is_file()
+
+
+def test_unknown_rope_method_or_stack_is_one_line_exit_2(capsys):
+    """--rope-methods takes the short names (none, pi, ntk, yarn, truncated); a typo names the choices."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import long_context
+
+    for argv in (["--rope-methods", "ntk,yarm"], ["--stacks", "transformer,gpt"]):
+        with pytest.raises(SystemExit) as e:
+            long_context.main(argv + ["--parts", "b", "--out", "/nonexistent/never-written"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "unknown stack or RoPE method" in err and "ntk, yarn, truncated" in err
+
+
+def test_rope_method_short_names():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import long_context
+
+    names = list(long_context.rope_methods(256))
+    assert [long_context.method_key(n) for n in names] == ["none", "pi", "ntk", "yarn", "truncated"]
