@@ -90,14 +90,15 @@ def doubling(T: int, last: int) -> list[int]:
 
 
 @torch.no_grad()
-def state_norm_curve(model, cfg, lengths: list[int], seed: int, device: str, newline: bool = False) -> list[float]:
-    """Mean (over layers and 2 rows) final recurrent-state norm after the first L tokens, per L:
-    of long eval documents, or (newline=True) of a row of newline tokens."""
+def state_norm_curve(model, cfg, lengths: list[int], n_rows: int, seed: int, device: str,
+                     newline: bool = False) -> list[float]:
+    """Mean (over layers and n_rows rows) final recurrent-state norm after the first L tokens, per L:
+    of long eval documents (the loss curve's rows), or (newline=True) of a row of newline tokens."""
     if newline:
         tokens = torch.full((1, max(lengths)), NEWLINE, device=device)
         doc = torch.zeros_like(tokens)
     else:
-        rows = eval_rows(cfg.data, max(lengths), 2, seed).to(device)
+        rows = eval_rows(cfg.data, max(lengths), n_rows, seed).to(device)
         tokens, doc = rows.tokens, rows.doc_ids
     out = []
     for L in lengths:
@@ -147,8 +148,8 @@ def evaluate_variant(model, cfg, settings: CollapseSettings, args, tok) -> dict:
     curve = loss_by_position(model, cfg.data, last * T, args.eval_rows, seed=args.seed, device=args.device)
     ranges = loss_in_ranges(curve, T)
     lengths = doubling(T, last)
-    norms = state_norm_curve(model, cfg, lengths, args.seed, args.device)
-    newline = state_norm_curve(model, cfg, lengths, args.seed, args.device, newline=True)
+    norms = state_norm_curve(model, cfg, lengths, args.eval_rows, args.seed, args.device)
+    newline = state_norm_curve(model, cfg, lengths, 1, args.seed, args.device, newline=True)
     pk_lengths = [m * T for m in args.passkey_multiples if m * T >= PASSKEY_MIN]
     pk = (run_passkey(model, tok, pk_lengths, depth_grid(args.depths), args.trials, seed=args.seed,
                       device=args.device) if pk_lengths else {"mean_accuracy_by_length": {}, "accuracy": [],
@@ -204,6 +205,8 @@ def parse_args(argv):
                    help="every variant and path with 3 steps at T=32 and a small grid (for the test)")
     p.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
                    help="only merge results.json files of earlier runs into one table + plots")
+    p.add_argument("--keep", default="", help="with --merge: only rows whose variant label starts with one of "
+                   "these (comma list, e.g. 'none' for a table of regimes)")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.seq_len, args.batch, args.warmup, args.multiples, args.passkey_multiples = 3, 32, 2, 1, "1,8", "8"
@@ -230,12 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge:
-        parts = [json.loads(Path(f).read_text()) for f in args.merge]
-        merged = {"args": parts[0]["args"], "rows": [r for part in parts for r in part["rows"]],
-                  "wall_seconds": {part["args"]["archs"]: part["wall_seconds"] for part in parts},
-                  "device_name": parts[0].get("device_name", "")}
-        (out / "results.json").write_text(json.dumps(merged, indent=1))
-        report(merged, out)
+        report(merge([json.loads(Path(f).read_text()) for f in args.merge], out, args.keep), out)
         return 0
     torch.set_num_threads(args.threads)
     from data.tokenizer import ByteTokenizer
@@ -267,44 +265,68 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def merge(parts: list[dict], out: Path, keep: str = "") -> dict:
+    """One results dict from several runs' (each row tagged with its regime; rows of runs older than
+    the regime fields get it from their run's arguments and the old default sizes)."""
+    prefixes = tuple(k for k in keep.split(",") if k)
+    rows = []
+    for part in parts:
+        a = part["args"]
+        for r in part["rows"]:
+            if "regime" not in r:     # runs before the regime flags: d_model 64, d_state 64, headdim 16 / 4 heads
+                r["regime"] = {"T": a["seq_len"], "d_state": 64, "heads": 8 if r["arch"] == "mamba2" else 4,
+                               "steps": a["steps"], "lr": a["lr"]}
+            r.setdefault("loss_ratio", loss_ratio(r["ranges"]))
+            r.setdefault("passkey_lengths", [int(L) for L in r["passkey"]])
+            if not prefixes or r["variant"].startswith(prefixes):
+                rows.append(r)
+    merged = {"args": parts[0]["args"], "rows": rows, "device_name": parts[0].get("device_name", ""),
+              "wall_seconds": [w for part in parts for w in (part["wall_seconds"] if isinstance(part["wall_seconds"], list)
+                                                              else [part["wall_seconds"]])]}
+    (out / "results.json").write_text(json.dumps(merged, indent=1))
+    return merged
+
+
 def report(results: dict, out: Path) -> None:
     """Print the table and draw the plots from a results dict (fresh, or merged from several runs)."""
     rows = results["rows"]
-    T = results["args"]["seq_len"]
     ranges = list(dict.fromkeys(k for r in rows for k in r["ranges"]))
-    pk_lengths = list(dict.fromkeys(L for r in rows for L in r.get("passkey_lengths", [])))
+    pk_lengths = list(dict.fromkeys(int(L) for r in rows for L in r["passkey"]))
     head = ["arch", "T", "d_state", "heads", "steps", "lr", "variant", *[f"loss {k}" for k in ranges], "loss ratio",
             *[f"passkey {L}" for L in pk_lengths], "state norm", "newline norm"]
     print("\n| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        g = r.get("regime", {"T": T, "d_state": "", "heads": "", "steps": results["args"]["steps"],
-                             "lr": results["args"]["lr"]})
+        g = r["regime"]
         cells = [r["arch"], *[f"{g[k]}" for k in ("T", "d_state", "heads", "steps")], f"{g['lr']:g}", r["variant"],
                  *[f"{r['ranges'][k]:.3f}" if k in r["ranges"] else "" for k in ranges],
-                 f"{r.get('loss_ratio', float('nan')):.2f}",
+                 f"{r['loss_ratio']:.2f}",
                  *[f"{r['passkey'][str(L)]:.2f}" if str(L) in r["passkey"] else "" for L in pk_lengths],
-                 f"{r['state_norm_growth']:.2f}", f"{r.get('newline_norm_growth', float('nan')):.2f}"]
+                 f"{r['state_norm_growth']:.2f}", f"{r['newline_norm_growth']:.2f}" if "newline_norm_growth" in r else "—"]
         print("| " + " | ".join(cells) + " |")
     print("(loss ratio = loss of the last range / the lowest range loss; state and newline norm = norm after the "
           "longest length / norm after T)")
     for arch in dict.fromkeys(r["arch"] for r in rows):
         mine = [r for r in rows if r["arch"] == arch]
-        T_a = mine[0].get("regime", {}).get("T", T)
-        name = f"{arch} T={T_a}" + (f" d_state={mine[0]['regime']['d_state']}" if "regime" in mine[0] else "")
-        loss_by_position_plot({r["variant"]: (r["curve"]["positions"], r["curve"]["loss"]) for r in mine}, T_a,
+        g = mine[0]["regime"]
+        T_a, several = g["T"], len({json.dumps(r["regime"]) for r in mine}) > 1
+        name = arch + ("" if several else f" T={T_a} d_state={g['d_state']} heads={g['heads']} steps={g['steps']}")
+        label = (lambda r: f"T={r['regime']['T']} d_state={r['regime']['d_state']} heads={r['regime']['heads']} "
+                 f"steps={r['regime']['steps']} lr={r['regime']['lr']:g}: {r['variant']}") if several else \
+            (lambda r: r["variant"])
+        loss_by_position_plot({label(r): (r["curve"]["positions"], r["curve"]["loss"]) for r in mine}, T_a,
                               out / f"loss_by_position_{arch}.png", title=f"{name}: loss by position")
-        if "state_norms" in mine[0]:
-            state_norm_plot(mine, T_a, out / f"state_norm_{arch}.png", title=f"{name}: recurrent state norm")
+        if all("state_norms" in r for r in mine):
+            state_norm_plot(mine, label, T_a, out / f"state_norm_{arch}.png", title=f"{name}: recurrent state norm")
         for r in mine:
-            if r["variant"] in ("none", "state passing (train)") and r.get("passkey_grid"):
+            if r["variant"] in ("none", "state passing (train)") and r.get("passkey_grid") and not several:
                 tag = "base" if r["variant"] == "none" else "passing"
                 passkey_heatmap(r["passkey_grid"], r["passkey_lengths"], r["passkey_depths"], T_a,
                                 out / f"passkey_{arch}_{tag}.png", title=f"{arch} ({tag})")
     print(f"\nwall time {results['wall_seconds']} s (training + evaluation) on {results.get('device_name', '?')}")
 
 
-def state_norm_plot(rows: list[dict], T: int, path: Path, title: str) -> None:
+def state_norm_plot(rows: list[dict], label, T: int, path: Path, title: str) -> None:
     """State norm after L tokens ÷ its value at T, per variant: documents solid, newline prompt dashed."""
     import matplotlib
 
@@ -314,7 +336,7 @@ def state_norm_plot(rows: list[dict], T: int, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7.0, 4.0))
     for r in rows:
         x = np.asarray(r["norm_lengths"])
-        (line,) = ax.plot(x, np.asarray(r["state_norms"]) / r["state_norms"][0], marker="o", ms=3, label=r["variant"])
+        (line,) = ax.plot(x, np.asarray(r["state_norms"]) / r["state_norms"][0], marker="o", ms=3, label=label(r))
         ax.plot(x, np.asarray(r["newline_norms"]) / max(1e-12, r["newline_norms"][0]), linestyle="--",
                 color=line.get_color(), linewidth=1)
     ax.axvline(T, color="black", linestyle=":", linewidth=1.2)

@@ -23,6 +23,18 @@ def test_loss_ratio_is_the_last_range_over_the_best():
     assert state_collapse.loss_ratio({"0-1T": 1.0, "1-2T": 0.4, "2-4T": 0.3}) == pytest.approx(1.0)
 
 
+def test_merge_tags_rows_of_runs_without_regime_fields_and_keeps_by_label(tmp_path):
+    old = {"args": {"seq_len": 256, "steps": 300, "lr": 0.003}, "wall_seconds": 5.0,
+           "rows": [{"arch": "hawk", "variant": v, "ranges": {"0-1T": 1.0, "1-2T": 0.5, "2-4T": 0.6},
+                     "passkey": {"256": 0.0, "1024": 0.25}} for v in ("none", "window w=256", "forget λ=2")]}
+    merged = state_collapse.merge([old], tmp_path, keep="none,window")
+    assert [r["variant"] for r in merged["rows"]] == ["none", "window w=256"]
+    r = merged["rows"][0]
+    assert r["regime"] == {"T": 256, "d_state": 64, "heads": 4, "steps": 300, "lr": 0.003}
+    assert r["loss_ratio"] == pytest.approx(1.2) and r["passkey_lengths"] == [256, 1024]
+    assert json.loads((tmp_path / "results.json").read_text())["rows"][1]["variant"] == "window w=256"
+
+
 def test_bad_variant_is_one_line_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         state_collapse.parse_args(["--variants", "none,bogus"])
