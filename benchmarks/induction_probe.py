@@ -148,6 +148,89 @@ def train(args) -> dict[str, list[tuple[int, float, float]]]:
     return curves
 
 
+def passkey_held_out(tok, seq_len: int, n: int, seed: int = 777_000):
+    """n passkey prompts + their completions (teacher forcing), T/2..T tokens at depths spread over
+    [0, 1], from seeds far from train.evaluate's (which uses seed·1000 + trial): tokens [n, T], and a
+    mask of the targets that are the key's digits."""
+    from data.tasks.registry import get_task
+
+    task = get_task("passkey")
+    x = torch.full((n, seq_len + 1), int(tok.eos), dtype=torch.long)
+    mask = torch.zeros(n, seq_len + 1, dtype=torch.bool)
+    fixed = task.sample(tok, seq_len, 0.5, seed).fixed_tokens
+    for i in range(n):
+        length = fixed + 8 + (seq_len - 16 - fixed) * i // max(1, n - 1)
+        s = task.sample(tok, length, (i * 7 % n) / max(1, n - 1), seed + i)
+        digits = list(tok.encode(s.answers[0]))
+        ids = s.prompt_ids + list(tok.encode(s.completion))
+        x[i, :len(ids)] = torch.tensor(ids)
+        mask[i, len(s.prompt_ids) + 1:len(s.prompt_ids) + 1 + len(digits)] = True      # " " then the digits
+    return x, mask[:, 1:]
+
+
+def key_copy_held_out(tok, seq_len: int, n: int, seed: int = 777_000):
+    """n key_copy warm-up documents of T tokens and a mask of their asked-back digits (the scored digits:
+    the filler has none)."""
+    from data.tasks.registry import get_training_kind
+
+    x = torch.full((n, seq_len + 1), int(tok.eos), dtype=torch.long)
+    mask = torch.zeros(n, seq_len + 1, dtype=torch.bool)
+    for i in range(n):
+        ids, scored = get_training_kind("key_copy").document_scored(tok, seq_len, seed + i)
+        x[i, :len(ids)] = torch.tensor(ids)
+        mask[i, :len(ids)] = torch.tensor([s and 48 <= t <= 57 for t, s in zip(ids, scored)])
+    return x, mask[:, 1:]
+
+
+def digit_accuracy(model, x: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """Teacher-forced accuracy of the masked digits, and the share of rows whose masked digits are all right."""
+    with torch.no_grad():
+        hit = model(x[:, :-1]).argmax(-1) == x[:, 1:]
+    rows = torch.stack([hit[i][mask[i]].all() for i in range(len(x))]).float().mean().item()
+    return hit[mask].float().mean().item(), rows
+
+
+def train_passkey(args) -> list[tuple[int, float, float, float]]:
+    """The trainer's own data (the config's sized corpus, --set overrides applied), model and optimizer
+    (AdamW, its lr schedule, clipping) in a bare loop; every --every steps the teacher-forced accuracy
+    of the key's digits and of whole keys on held-out passkey prompts (chance: 0.1 and 1e-5)."""
+    from data.loader import build_loader
+    from models.lm import LanguageModel
+    from train.config import load_config
+    from train.optim import build_optimizer, lr_at
+
+    cfg = load_config(args.passkey, [f"--{kv}" for kv in args.set])
+    steps = args.steps
+    torch.manual_seed(args.seed)
+    model = LanguageModel(cfg.model)
+    opt = build_optimizer(model, cfg.optim, torch.device("cpu"))
+    loader = build_loader(cfg.data)
+    x, mask = passkey_held_out(loader.tokenizer, cfg.data.seq_len, args.held_out)
+    kx, kmask = key_copy_held_out(loader.tokenizer, cfg.data.seq_len, args.held_out)
+    rows, t_train, t0 = [], 0.0, time.perf_counter()
+    for step in range(steps):
+        t1 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, cfg.optim)
+        b = loader.next_batch()
+        logits = model(b.tokens, b.positions, b.doc_ids)
+        loss = F.cross_entropy(logits.flatten(0, 1), b.labels.flatten(), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        t_train += time.perf_counter() - t1
+        if (step + 1) % args.every == 0 or step + 1 == steps:
+            digit, key = digit_accuracy(model, x, mask)
+            copy, _ = digit_accuracy(model, kx, kmask)
+            rows.append((step + 1, loss.item(), digit, key, copy))
+            print(f"step {step + 1:5d}  loss {loss.item():.3f}  digit-acc {digit:.3f}  key-acc {key:.3f}  "
+                  f"key_copy-acc {copy:.3f}  {(step + 1) / t_train:.2f} steps/s  {time.perf_counter() - t0:.0f}s",
+                  flush=True)
+    return rows
+
+
 def main(argv=None) -> dict[str, list[tuple[int, float, float]]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="ours,llama")
@@ -172,8 +255,15 @@ def main(argv=None) -> dict[str, list[tuple[int, float, float]]]:
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--passkey", metavar="CONFIG", help="passkey mode: train CONFIG's model on CONFIG's data "
+                   "(the trainer's loader and optimizer) and score held-out passkey digits")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="passkey mode: a config override, e.g. --set data.warmup_docs=0 (repeatable)")
+    p.add_argument("--held-out", type=int, default=32, help="passkey mode: held-out prompts")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.passkey:
+        return {"passkey": train_passkey(args)}
     return train(args)
 
 

@@ -29,3 +29,24 @@ def test_each_model_kind_trains_a_few_steps():
     assert set(curves) == {"ours", "ours:W-*-:2", "llama"}
     for rows in curves.values():
         assert [r[0] for r in rows] == [1, 2] and all(4.0 < r[1] < 7.0 and 0.0 <= r[2] <= 1.0 for r in rows)
+
+
+def test_passkey_held_out_masks_exactly_the_key_digits_after_the_question():
+    from data.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    x, mask = induction_probe.passkey_held_out(tok, 256, 6)
+    assert x.shape == (6, 257) and mask.shape == (6, 256) and int(mask.sum()) == 30
+    for row, m in zip(x, mask):
+        text = tok.decode([int(t) for t in row if t < 256])
+        digits = tok.decode(row[1:][m].tolist())
+        assert text.count(f"The pass key is {digits}.") == 2            # the needle and the answer
+        assert text.index("What is the pass key?") < text.rindex(digits)
+
+
+def test_passkey_mode_trains_the_configs_model_on_its_data():
+    rows = induction_probe.main(["--passkey", "configs/long-context-hawk-tiny.toml", "--steps", "2", "--every", "1",
+                                 "--held-out", "4", "--set", "model.d_model=32", "--set", "model.lru_width=32",
+                                 "--set", "data.batch_size=1", "--set", "data.warmup_tasks=key_copy"])["passkey"]
+    assert [r[0] for r in rows] == [1, 2]
+    assert all(0 < r[1] < 7 and 0 <= r[3] <= r[2] <= 1 and 0 <= r[4] <= 1 for r in rows)

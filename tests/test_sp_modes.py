@@ -9,7 +9,7 @@ from test_distattn import packed_docs
 
 from kernels.attention import attention_reference
 from parallel.sequence import SequenceParallelHooks
-from parallel.sequence.heads import kv_expansion, mode_problem
+from parallel.sequence.heads import kv_expansion, mode_problem, resolve_mode
 
 T = 24
 
@@ -51,6 +51,46 @@ def test_sp_mode_matches_single_process(pool2, pool4, case):
             continue
         out = pool.run(mode_check, *case)
         assert max(o[0] for o in out) < 1e-10, (pool.world, case)
+
+
+def a2a_check(rank, world):
+    from parallel.sequence.heads import HeadLayout, all_to_all
+    from parallel.sequence.p2p import SPGroup
+
+    g = SPGroup()
+    sub = HeadLayout(g, world).heads
+    gen = torch.Generator().manual_seed(rank)
+    x = torch.randn(2, 3, 2 * world, 4, dtype=torch.float64, generator=gen)      # [B, n, H', D]
+    member_major = x.reshape(2, 3, world, 2, 4).permute(2, 0, 1, 3, 4).contiguous()
+    out, sent = [], []
+    for whole in (True, False):
+        sub.whole = whole
+        before = g.bytes_sent
+        seq = all_to_all(x, sub, True)
+        out += [seq, all_to_all(member_major, sub, True), all_to_all(seq, sub, False)]
+        sent.append(g.bytes_sent - before)
+    back_is_x = bool(torch.equal(out[2], x))
+    return [bool(torch.equal(a, b)) for a, b in zip(out[:3], out[3:])], sent[0] == sent[1], back_is_x
+
+
+def test_whole_group_all_to_all_equals_point_to_point(pool2, pool4):
+    """ulysses' one all_to_all_single collective moves exactly what the P−1 point-to-point pairs
+    (2d's head groups) move: same tensors, same bytes counted, and the inverse restores the input."""
+    for pool in (pool2, pool4):
+        for same, same_bytes, back in pool.run(a2a_check):
+            assert same == [True, True, True] and same_bytes and back
+
+
+def test_auto_mode_is_ulysses_where_sp_divides_the_heads(pool4):
+    """sp_mode='auto' (the default) runs ulysses where sp divides the heads (same bytes as ulysses)
+    and distattn otherwise (same bytes as distattn), exact against one process either way."""
+    assert resolve_mode("auto", 4, 8) == "ulysses" and resolve_mode("auto", 4, 6) == "distattn"
+    assert resolve_mode("auto", 2, None) == "distattn" and resolve_mode("2d", 4, 6) == "2d"
+    assert mode_problem("auto", 4, 2, 6) is None
+    for heads, same_as in [(4, "ulysses"), (6, "distattn")]:
+        auto, explicit = (pool4.run(mode_check, mode, 0, heads, 2, None, True) for mode in ("auto", same_as))
+        assert max(o[0] for o in auto) < 1e-10
+        assert [o[1] for o in auto] == [o[1] for o in explicit], heads
 
 
 def test_mode_problems_are_one_line():
@@ -104,3 +144,16 @@ def test_trainer_sp_modes_match_single_process(pool4, tmp_path):
     for name, extra in runs.items():
         losses = pool4.run(_sp_run, str(tmp_path / name), extra)[0]
         torch.testing.assert_close(torch.tensor(losses), torch.tensor(single), rtol=1e-5, atol=0)
+
+
+def test_plan_names_the_resolved_sp_mode():
+    """The planner prints the layout the trainer's hooks will use (same resolve_mode)."""
+    from train.config import load_config
+    from train.plan import sp_mode_note
+
+    base = ["--model.pattern=(*-)x2", "--model.n_heads=6", "--model.n_kv_heads=2", "--model.d_model=96"]
+    assert sp_mode_note(load_config(None, [*base, "--parallel.sp=3"])) == ", sp_mode auto -> ulysses"
+    assert sp_mode_note(load_config(None, [*base, "--parallel.sp=4"])) == ", sp_mode auto -> distattn"
+    assert sp_mode_note(load_config(None, [*base, "--parallel.sp=2", "--parallel.tp=2"])) == ", sp_mode auto -> distattn"
+    assert sp_mode_note(load_config(None, [*base, "--parallel.sp=2", "--parallel.sp_mode=2d"])) == ", sp_mode 2d"
+    assert sp_mode_note(load_config(None, base)) == ""

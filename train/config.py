@@ -146,8 +146,9 @@ class ParallelConfig:
     tp: int = opt(1, "tensor-parallel degree (attention heads, MLP, Mamba-2 heads, Griffin width)")
     pp: int = opt(1, "pipeline-parallel stages")
     sp: int = opt(1, "sequence-parallel degree (each row split into sp contiguous slices)")
-    sp_mode: str = choice("distattn", "ulysses", "2d", help="global attention under sp: distattn (K/V travel, "
-                          "any head count), ulysses (all-to-all over heads; sp must divide the heads), 2d "
+    sp_mode: str = choice("auto", "distattn", "ulysses", "2d", help="global attention under sp: auto (ulysses "
+                          "where sp divides the heads per tp rank, else distattn), distattn (K/V travel, any head "
+                          "count), ulysses (all-to-all over heads; sp must divide the heads), 2d "
                           "(all-to-all inside groups of sp_head_group ranks, distattn across them)")
     sp_head_group: int = opt(2, "sp_mode='2d': ranks that exchange heads (must divide parallel.sp and the heads)")
     engine: str = choice("ddp", "fsdp", "deepspeed", help="data-parallel engine")

@@ -40,6 +40,17 @@ def misfit_message(plan: Plan, where: str) -> str:
             f"usable; the biggest term is {big} ({gib(plan.terms[big])}): {fixes[big]}")
 
 
+def sp_mode_note(cfg) -> str:
+    """', sp_mode auto -> ulysses': the attention layout the trainer's hooks will use (sp > 1 only)."""
+    from parallel.sequence.heads import resolve_mode
+
+    pcfg = cfg.parallel
+    if pcfg.sp <= 1:
+        return ""
+    mode = resolve_mode(pcfg.sp_mode, pcfg.sp, cfg.model.n_heads // pcfg.tp)
+    return f", sp_mode {pcfg.sp_mode}" + (f" -> {mode}" if mode != pcfg.sp_mode else "")
+
+
 def report(plan: Plan, cfg, where: str) -> str:
     tp, sp = cfg.parallel.tp, cfg.parallel.sp
     lines = [f"model      {cfg.model.pattern}  d_model {cfg.model.d_model}  vocab {cfg.model.vocab_size}",
@@ -47,7 +58,7 @@ def report(plan: Plan, cfg, where: str) -> str:
              f"pp {cfg.parallel.pp})",
              f"FLOPs      {plan.flops_per_token / 1e9:.2f} GFLOP per token (training, T = {cfg.data.seq_len})",
              f"tokens     {plan.tokens_per_rank} per rank per micro-batch (batch {cfg.data.batch_size} x "
-             f"{cfg.data.seq_len} / sp {sp})",
+             f"{cfg.data.seq_len} / sp {sp})" + sp_mode_note(cfg),
              "state per rank (weights / gradients / optimizer):"]
     for name in ENGINES:
         w, g, o = plan.states[name]

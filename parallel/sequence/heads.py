@@ -1,5 +1,7 @@
 """Head×sequence layouts for sequence-parallel attention: `parallel.sp_mode`.
 
+- auto:     (the default) ulysses where sp divides the heads of a tensor-parallel rank, else
+            distattn (resolve_mode: the measured rule).
 - distattn: every rank keeps all heads of its T/P tokens; DistAttn over the P ranks.
 - ulysses:  an all-to-all over heads gives each rank H/P heads of the whole sequence; plain
             attention runs locally; a second all-to-all returns the output (DeepSpeed-Ulysses'
@@ -9,9 +11,12 @@
             DistAttn runs across groups among the members holding the same heads (the USP /
             LoongTrain layout); an all-to-all returns the output. G = P is ulysses, G = 1 distattn.
 
-All three are one code path here (HeadLayout with G = 1, P or sp_head_group). The all-to-alls
-are point-to-point exchanges on the sequence-parallel group (SubGroup), so no extra process
-group is created and the byte counter sees every message. K/V stay un-expanded when the group
+All three are one code path here (HeadLayout with G = 1, P or sp_head_group). Over the whole
+sequence-parallel group (ulysses) an all-to-all is one all_to_all_single collective (on gloo CPU
+0.96× against 1.02× of DeepSpeed's CPU time for P−1 point-to-point pairs, P=4, T=2048); a head
+group of 2d is a subset of it, so there the all-to-alls are point-to-point exchanges on the
+sequence-parallel group (SubGroup) and no extra process group is created. The byte counter
+sees every message either way. K/V stay un-expanded when the group
 divides kv_heads; otherwise they are expanded by the smallest factor that makes it divide.
 """
 from __future__ import annotations
@@ -21,7 +26,17 @@ import torch
 from parallel.sequence.chunks import ChunkLayout
 from parallel.sequence.p2p import SPGroup
 
-SP_MODES = ("distattn", "ulysses", "2d")
+SP_MODES = ("auto", "distattn", "ulysses", "2d")
+
+
+def resolve_mode(mode: str, sp: int, heads: int | None) -> str:
+    """The layout `mode` stands for at sp ranks with `heads` query heads per tensor-parallel rank.
+    "auto" (the default) is ulysses where sp divides the heads and distattn otherwise: on gloo CPU
+    ulysses measured ≤ distattn's CPU time at every P = 2, 4 and T = 2K, 8K, with and without packed
+    documents (benchmarks/RESULTS.md, issue 21), and equal to DeepSpeed-Ulysses within noise."""
+    if mode != "auto":
+        return mode
+    return "ulysses" if heads is not None and sp > 1 and heads % sp == 0 else "distattn"
 
 
 def head_group_size(mode: str, world: int, head_group: int) -> int:
@@ -33,6 +48,8 @@ def mode_problem(mode: str, sp: int, head_group: int, heads: int | None) -> str 
     """Why (one line) `mode` cannot split `heads` query heads per tensor-parallel rank over sp ranks, or None."""
     if mode not in SP_MODES:
         return f"parallel.sp_mode={mode!r} is not one of {', '.join(SP_MODES)}"
+    if mode == "auto":
+        return None                          # resolve_mode falls back to distattn where ulysses cannot split
     if mode == "2d" and (head_group < 1 or sp % head_group):
         return (f"parallel.sp_head_group={head_group} must divide parallel.sp={sp} for sp_mode='2d'; "
                 "pick a divisor of sp")
@@ -51,6 +68,7 @@ class SubGroup:
     def __init__(self, parent: SPGroup, members: list[int]):
         self.parent, self.members = parent, members
         self.world, self.rank = len(members), members.index(parent.rank)
+        self.whole = members == list(range(parent.world))      # the whole group: one collective
 
     @property
     def bytes_sent(self) -> int:
@@ -91,6 +109,8 @@ def all_to_all(x: torch.Tensor, sub: SubGroup, to_sequence: bool) -> torch.Tenso
     so no send copy is made. The output is allocated once; received shares land in it directly
     where their slice is contiguous (token chunks of one row), else are copied in."""
     G, me = sub.world, sub.rank
+    if sub.whole:
+        return all_to_all_whole(x, sub, to_sequence)
     if x.dim() == 5:
         parts = list(x.unbind(0))
     else:
@@ -110,6 +130,23 @@ def all_to_all(x: torch.Tensor, sub: SubGroup, to_sequence: bool) -> torch.Tenso
         if buf.data_ptr() != slots[i].data_ptr():
             slots[i].copy_(buf)
     return out
+
+
+def all_to_all_whole(x: torch.Tensor, sub: SubGroup, to_sequence: bool) -> torch.Tensor:
+    """all_to_all over the whole sequence-parallel group as one collective (all_to_all_single:
+    gloo's alltoall, NCCL's grouped send/recv) instead of G−1 point-to-point pairs. Shares are
+    laid out member-major ([G, B, n, h, D], member i's share at [i]) on both sides."""
+    G = sub.world
+    if to_sequence:
+        parts = x if x.dim() == 5 else x.unflatten(2, (G, -1)).permute(2, 0, 1, 3, 4)
+    else:
+        parts = x.unflatten(1, (G, -1)).permute(1, 0, 2, 3, 4)     # member i gets token chunk i
+    parts = parts.contiguous()
+    got = torch.empty_like(parts)
+    sub.parent.all_to_all(got, parts)
+    if to_sequence:                                              # got[i]: member i's tokens, my heads
+        return got.permute(1, 0, 2, 3, 4).flatten(1, 2)
+    return got.permute(1, 2, 0, 3, 4).flatten(2, 3)              # got[i]: my tokens, member i's heads
 
 
 class AllToAll(torch.autograd.Function):

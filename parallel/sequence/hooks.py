@@ -30,7 +30,14 @@ from kernels.attention import attention as local_attention
 from parallel.sequence.chunks import ChunkLayout
 from parallel.sequence.distattn import CallRecord, dist_attention
 from parallel.sequence.halo import HaloFunction
-from parallel.sequence.heads import AllToAll, HeadLayout, head_group_size, kv_expansion, mode_problem
+from parallel.sequence.heads import (
+    AllToAll,
+    HeadLayout,
+    head_group_size,
+    kv_expansion,
+    mode_problem,
+    resolve_mode,
+)
 from parallel.sequence.p2p import SPGroup
 from parallel.sequence.recurrent import sp_linear_scan, sp_ssd
 
@@ -40,7 +47,8 @@ MAX_RECORDS = 4096
 class SequenceParallelHooks:
     """`mode` / `head_group`: parallel.sp_mode and parallel.sp_head_group (heads.py): how global
     attention is laid out over heads and sequence. Windows, convolutions and recurrences take the
-    sequence path in every mode (a halo or exact state passing moves far fewer bytes)."""
+    sequence path in every mode (a halo or exact state passing moves far fewer bytes). "auto" is
+    resolved per attention call from its head count (heads.resolve_mode)."""
 
     def __init__(self, group=None, mode: str = "distattn", head_group: int = 1):
         self.g = SPGroup(group)
@@ -48,9 +56,10 @@ class SequenceParallelHooks:
         problem = mode_problem(mode, self.world, head_group, None)
         if problem is not None:
             raise ValueError(problem)
-        self.mode = mode
-        self.head_layout = HeadLayout(self.g, head_group_size(mode, self.world, head_group))
-        self._ring: tuple[ChunkLayout, ChunkLayout] | None = None
+        self.mode, self.head_group = mode, head_group
+        self._layouts: dict[int, HeadLayout] = {}
+        self.head_layout = self.layout_for(mode)
+        self._ring: tuple[ChunkLayout, HeadLayout, ChunkLayout] | None = None
         self.records: deque[CallRecord] = deque(maxlen=MAX_RECORDS)   # bounded: training never resets
         self.distattn_forward_calls = 0
         self._doc_src = None
@@ -105,6 +114,13 @@ class SequenceParallelHooks:
         if cached is None and self._remat is not None and self._remat[0] == "record":
             self._remat[1].append((kind, result, record))
 
+    def layout_for(self, mode: str) -> HeadLayout:
+        """The head layout of a concrete mode ("auto" not yet resolved: distattn's)."""
+        G = head_group_size("distattn" if mode == "auto" else mode, self.world, self.head_group)
+        if G not in self._layouts:
+            self._layouts[G] = HeadLayout(self.g, G)
+        return self._layouts[G]
+
     # ------------------------------------------------------------------ hooks
     def global_max(self, value: torch.Tensor) -> torch.Tensor:
         """The largest of a scalar over the sequence-parallel ranks (dynamic NTK's length)."""
@@ -123,23 +139,24 @@ class SequenceParallelHooks:
         cached, record = self._take("attention")
         if cached is None:
             self.distattn_forward_calls += 1
-        if self.head_layout.G > 1:
-            return self._head_attention(q, k, v, chunks, scale, cached, record)
+        mode = resolve_mode(self.mode, self.world, q.shape[2])
+        lay = self.layout_for(mode)
+        if lay.G > 1:
+            return self._head_attention(q, k, v, chunks, scale, cached, record, mode, lay)
         o = dist_attention(q, k, v, group=self.g, chunks=chunks, window=None, scale=scale,
                            record=record, cached=cached, keep=lambda res: self._keep("attention", cached, res, record))
         return o
 
-    def _ring_chunks(self, chunks: ChunkLayout) -> ChunkLayout:
-        if self._ring is None or self._ring[0] is not chunks:
-            self._ring = (chunks, self.head_layout.ring_chunks(chunks))
-        return self._ring[1]
+    def _ring_chunks(self, chunks: ChunkLayout, lay: HeadLayout) -> ChunkLayout:
+        if self._ring is None or self._ring[0] is not chunks or self._ring[1] is not lay:
+            self._ring = (chunks, lay, lay.ring_chunks(chunks))
+        return self._ring[2]
 
-    def _head_attention(self, q, k, v, chunks, scale, cached, record):
+    def _head_attention(self, q, k, v, chunks, scale, cached, record, mode, lay):
         """ulysses / 2d: heads -> sequence inside the head group, DistAttn across groups (a single
         local block when the group is all ranks), back to heads. A checkpoint's store keeps every
         exchanged tensor, so the recomputation communicates nothing."""
-        lay = self.head_layout
-        problem = mode_problem(self.mode, self.world, lay.G, q.shape[2])
+        problem = mode_problem(mode, self.world, lay.G, q.shape[2])
         if problem is not None:
             raise ValueError(problem)
         e = kv_expansion(q.shape[2], k.shape[2], lay.G)
@@ -154,7 +171,7 @@ class SequenceParallelHooks:
         qkvh = AllToAll.apply(qkv, lay.heads, True, c.get("qkv"), record)
         qh, kh, vh = qkvh.split([hq, hkv, hkv], dim=2)
         inner = {}
-        oh = dist_attention(qh, kh, vh, group=lay.ring, chunks=self._ring_chunks(chunks), window=None,
+        oh = dist_attention(qh, kh, vh, group=lay.ring, chunks=self._ring_chunks(chunks, lay), window=None,
                             scale=scale, record=record, cached=c.get("dist"), keep=lambda res: inner.update(dist=res))
         o = AllToAll.apply(oh, lay.heads, False, c.get("o"), record)
         self._keep("attention", cached, dict(qkv=qkvh.detach(), dist=inner["dist"], o=o.detach()), record)

@@ -72,3 +72,8 @@ class SPGroup:
         self.bytes_sent += tensor.numel() * tensor.element_size() * (self.world - 1)
         dist.all_gather(out, tensor, group=self.group)
         return out
+
+    def all_to_all(self, out: torch.Tensor, tensor: torch.Tensor) -> None:
+        """out[i] = rank i's tensor[me] for every rank i (dim 0 has one slot per rank); blocking."""
+        self.bytes_sent += tensor.numel() * tensor.element_size() * (self.world - 1) // self.world
+        dist.all_to_all_single(out, tensor, group=self.group)
