@@ -100,12 +100,13 @@ def part_a(args, res: dict) -> None:
 
 
 def continue_training(base_run: Path, run: Path, overrides: list[str], args, tag: str) -> float:
-    """A short run from the base weights (fresh optimizer and schedule) with `overrides` (e.g. 4·T)."""
+    """A short run from the base weights (fresh optimizer and schedule) with `overrides` (e.g. 4·T). The
+    base recipe's copy warm-up is not repeated: the first documents of a continued run are the task mix."""
     model, cfg = load_trained(base_run)
     cfg = load_config(list_checkpoints(base_run / "checkpoints")[-1] / "config.toml", [
         f"--train.steps={args.ext_steps}", f"--train.run_dir={run}", "--checkpoint.every=0",
         "--checkpoint.keep_last=1", f"--train.log_every={max(1, args.ext_steps // 2)}", "--optim.warmup_steps=5",
-        f"--optim.lr={args.ext_lr}", *overrides, *(["--data.batch_size=1"] if args.quick else [])])
+        f"--optim.lr={args.ext_lr}", "--data.warmup_docs=0", *overrides, *(["--data.batch_size=1"] if args.quick else [])])
     init = Checkpointer(run, keep_last=0, rank=0).save_initial(model, dump_toml(cfg), source=str(base_run))
     cfg.checkpoint.resume = str(init)
     return quiet_train(cfg, tag)
@@ -118,7 +119,7 @@ def part_b(args, res: dict) -> None:
         _, cfg = load_trained(base)
         T = cfg.data.seq_len
         lengths = [m * T for m in args.multiples]
-        for name, flags in rope_methods(T).items():
+        for name, flags in [(n, f) for n, f in rope_methods(T).items() if n in args.rope_methods]:
             model, cfg_m = load_trained(base, flags)
             free = score(model, cfg_m, Path(args.out) / "b" / f"rope-{slug(name)}-free", ["passkey"], lengths, args)
             ext = runs / f"transformer-rope-{slug(name)}"
@@ -172,6 +173,11 @@ def part_c(args, res: dict) -> None:
     save(args, res)
 
 
+def method_key(name: str) -> str:
+    """The short name --rope-methods takes: "PI (linear)" -> "pi", "NTK-aware" -> "ntk", "YaRN" -> "yarn"."""
+    return name.split()[0].split("-")[0].lower()
+
+
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
@@ -209,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", default="a,b,c")
     p.add_argument("--stacks", default="transformer,mamba2,hawk,hybrid")
     p.add_argument("--steps", type=int, default=0, help="training steps per stack (default: the recipe's)")
-    p.add_argument("--ext-steps", type=int, default=100, help="continued / post-training steps in (b)")
+    p.add_argument("--rope-methods", default="none,pi,ntk,yarn,truncated",
+                   help="(b): the Transformer's RoPE scalings, comma-separated (default: all five)")
+    p.add_argument("--ext-steps", type=int, default=200, help="continued / post-training steps in (b)")
     p.add_argument("--ext-lr", type=float, default=1e-3)
     p.add_argument("--collapse-steps", type=int, default=300)
     p.add_argument("--multiples", default="1,2,4,8,16", help="evaluation lengths in (b), × T")
@@ -222,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.t0 = time.perf_counter()
     args.stacks = [s for s in args.stacks.split(",") if s]
+    keys = {method_key(n): n for n in rope_methods(256)}
+    picked = [m.strip() for m in args.rope_methods.split(",") if m.strip()]
+    unknown = [m for m in picked if method_key(m) not in keys] + [s for s in args.stacks if s not in STACKS]
+    if unknown:
+        p.error(f"unknown stack or RoPE method {', '.join(unknown)}: stacks are {', '.join(STACKS)}; "
+                f"methods are {', '.join(keys)}")
+    args.rope_methods = [keys[method_key(m)] for m in picked]
     args.train_overrides = []
     if args.quick:
         args.steps, args.ext_steps, args.collapse_steps = args.steps or 2, 1, 2

@@ -8,8 +8,8 @@ One attention call, B=1, H=8 heads of 64 (GQA off: Ulysses refuses kv heads < P)
 Ulysses is deepspeed.sequence.layer.DistributedAttention (all-to-all of heads) around our local
 kernel (kernels.attention.attention: the CPU flash kernel, per-document pieces for packed
 documents), so both sides use the same compute kernel. Ours is parallel.sequence's
-SequenceParallelHooks.attention in each sp_mode (distattn, ulysses, and 2d with head groups of 2
-where P > 2). Each rank runs one untimed warm-up of each (which measures the saved bytes), then
+SequenceParallelHooks.attention in each sp_mode (auto, the default, which is ulysses wherever P
+divides the heads; distattn, ulysses, and 2d with head groups of 2 where P > 2). Each rank runs one untimed warm-up of each (which measures the saved bytes), then
 `--reps` rounds in which every mode is timed in a pair with a DeepSpeed call, interleaved
 (ours, DS / DS, ours alternating), so load drifts on a shared machine hit both sides of a pair
 alike. Per call: wall time and CPU time (process_time: all of a rank's threads, gloo's included;
@@ -17,6 +17,9 @@ and the main thread's thread_time), each the slowest/busiest rank's; ratios are 
 the per-pair ratios, seconds the median over calls. Bytes: ours measured by the
 P2P counter (all-to-alls included); Ulysses' forward is 4 all-to-alls of (P−1)/P of a [N/P, H, D] tensor (q, k, v, out).
 Units: N·d = sequence tokens × H·D fp32 elements. One thread per rank, set explicitly.
+`--floor` also times, paired with DeepSpeed calls the same way, DeepSpeed's local kernel alone on
+the rank's H/P heads of the whole sequence (no communication): the CPU time any exact method must
+spend when the visible work is spread evenly, i.e. the best ratio to DeepSpeed reachable.
 """
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ def saved_bytes(fn) -> int:
     return counter.total
 
 
-def modes_for(world: int, wanted: str = "distattn,ulysses,2d") -> list[str]:
+def modes_for(world: int, wanted: str = "auto,distattn,ulysses,2d") -> list[str]:
     """Our modes at this P: 2d (head groups of 2) only where it differs from ulysses (P > 2).
     "ulysses-p2p": ulysses with its all-to-alls as P−1 point-to-point pairs instead of one
     collective (the comparison behind heads.all_to_all_whole)."""
@@ -113,14 +116,23 @@ def worker(rank: int, world: int, args) -> dict:
     def theirs():
         ulysses(*leaves(), 0).backward(do[:, sl])
 
+    heads = slice(rank * H // world, (rank + 1) * H // world)
+
+    def floor():         # DeepSpeed's local kernel alone: this rank's H/P heads of the whole sequence
+        x = [z[:, :, heads].clone().requires_grad_(True) for z in (q, k, v)]
+        attention(*x, causal=True, q_doc_ids=docs, k_doc_ids=docs).backward(do[:, :, heads])
+
     with torch.no_grad():                                 # same inputs, same answer (fp32 round-off)
         want = ulysses(*(z[:, sl] for z in (q, k, v)), 0)
         for mode, h in hooks.items():
             gap = (h.attention(*(z[:, sl] for z in (q, k, v)), doc_ids=local_docs) - want).abs().max()
             assert gap < 1e-4, f"{mode} and Ulysses disagree by {gap:.2e}"
-    fns = {mode: ours(mode) for mode in hooks} | {"deepspeed": theirs}
+    fns = {mode: ours(mode) for mode in hooks} | {"deepspeed": theirs, "floor": floor}
+    timed = [*hooks, "floor"] if args.floor else list(hooks)
     out = {"times": {}, "act": {}, "fwd_bytes": {}}
-    for name, fn in fns.items():                          # untimed warm-up, measuring saved bytes
+    for name, fn in fns.items():
+        if name == "floor" and not args.floor:
+            continue                          # untimed warm-up, measuring saved bytes
         dist.barrier()
         out["act"][name] = saved_bytes(fn)
     for mode, h in hooks.items():
@@ -131,7 +143,7 @@ def worker(rank: int, world: int, args) -> dict:
     out["blocks"] = {mode: (h.records[-1].fwd_blocks, h.records[-1].skipped_blocks) for mode, h in hooks.items()}
     out["threads"] = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else -1
     for rep in range(args.reps):                          # ABAB: each of our modes paired with a DeepSpeed call
-        for mode in hooks:
+        for mode in timed:
             pair = [mode, "deepspeed"] if rep % 2 == 0 else ["deepspeed", mode]
             for name in pair:
                 dist.barrier()
@@ -148,11 +160,13 @@ def main() -> None:
     ap.add_argument("--seq-lens", default="2048")
     ap.add_argument("--docs", default="none,packed")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--modes", default="distattn,ulysses,2d", help="ours, each paired with DeepSpeed (also ulysses-p2p)")
+    ap.add_argument("--floor", action="store_true", help="also time DeepSpeed's local kernel alone per rank")
+    ap.add_argument("--modes", default="auto,distattn,ulysses,2d", help="ours, each paired with DeepSpeed (also ulysses-p2p)")
     args = ap.parse_args()
     print(f"# gloo CPU, 1 thread per rank, B=1, H={H}, head_dim={D}, fp32, causal, median of {args.reps} "
           f"(slowest rank per call); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start: "
           "ratios matter, not seconds")
+    from parallel.sequence.heads import resolve_mode
     from parallel.sequence.schedule import rank_work
 
     print("| P | " + " | ".join(str(w) for w in range(2, 9)) + " |\n|---|" + "---|" * 7)
@@ -182,8 +196,12 @@ def main() -> None:
                     print(f"| {world} | {t} | {layout} | {mode} | {med_o[0]:.3f} | {med_d[0]:.3f} | {ratio[0]:.2f}x "
                           f"| {med_o[1]:.3f} | {med_d[1]:.3f} | {ratio[1]:.2f}x | {ratio[2]:.2f}x "
                           f"| {ours_b:.2f} / {uly_b:.2f} | {act:.2f}, {act_ds:.2f} | {blocks} |", flush=True)
-                print(f"(threads per rank process: {res[0]['threads']}; load average {os.getloadavg()[0]:.1f})",
-                      flush=True)
+                if args.floor:
+                    floor, ds = (pair_clocks(res, "floor", name) for name in ("floor", "deepspeed"))
+                    print(f"(kernel floor: DeepSpeed's local kernel alone, no communication, CPU "
+                          f"{statistics.median(f[1] / d[1] for f, d in zip(floor, ds)):.2f}x of the DeepSpeed call)")
+                print(f"(threads per rank process: {res[0]['threads']}; load average {os.getloadavg()[0]:.1f}; "
+                      f"auto = {resolve_mode('auto', world, H)} at P={world}, H={H})", flush=True)
 
 
 def pair_clocks(res: list[dict], mode: str, name: str) -> list[tuple[float, float, float]]:

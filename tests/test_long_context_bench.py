@@ -2,6 +2,7 @@
 interventions, the collapse experiment) and writes its tables; its figures mean nothing."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -33,3 +34,30 @@ def test_quick_mode_runs_every_part(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| stack | steps | train s | passkey 1T | multi-key 1T |" in out and "| transformer | YaRN |" in out
     assert (tmp_path / "out" / "a" / "transformer" / "passkey.png").is_file()
+
+
+
+def bench_module():
+    """benchmarks/long_context.py loaded from its file: putting benchmarks/ on sys.path would let its
+    kernels.py shadow the kernels package for every test that imports it later."""
+    spec = importlib.util.spec_from_file_location("long_context_cli", ROOT / "benchmarks" / "long_context.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unknown_rope_method_or_stack_is_one_line_exit_2(capsys):
+    """--rope-methods takes the short names (none, pi, ntk, yarn, truncated); a typo names the choices."""
+    long_context = bench_module()
+    for argv in (["--rope-methods", "ntk,yarm"], ["--stacks", "transformer,gpt"]):
+        with pytest.raises(SystemExit) as e:
+            long_context.main(argv + ["--parts", "b", "--out", "/nonexistent/never-written"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "unknown stack or RoPE method" in err and "ntk, yarn, truncated" in err
+
+
+def test_rope_method_short_names():
+    long_context = bench_module()
+    names = list(long_context.rope_methods(256))
+    assert [long_context.method_key(n) for n in names] == ["none", "pi", "ntk", "yarn", "truncated"]
