@@ -33,12 +33,14 @@ trainer's loader, e.g. the sized corpus with its warm-up) and its optimizer and 
 loop; every --every steps the teacher-forced accuracy of the key's digits on held-out passkey prompts
 (T/2..T tokens, all depths; seeds far from train.evaluate's) and of the asked-back digits of held-out
 key_copy documents. Chance is 0.1 per digit. What it showed for Hawk ("(R-)x4", d_model 128, batch 8,
-T = 256, lr 3e-3, one thread on a loaded 2-core machine, ~1–1.5 steps/s): every recipe stayed at
+T = 256, lr 3e-3, one thread on a loaded 2-core machine, ~1–2.5 steps/s): every recipe stayed at or below
 chance — passkey documents only 0.100 at step 400; with a length curriculum 160 → 256 over 400 steps
-0.094 at step 250; a key_copy warm-up (4000 documents) then passkey:key_copy 1:1 0.094 at step 250;
-key_copy only 0.108 at step 450 (its own digits 0.097); key_copy with short cues only 0.025 at
-step 300 (its own digits 0.106). Mamba-2 ("Mx6", config's d_state 32) on key_copy with short cues only:
-0.000 at step 250 (its own digits 0.091). A hybrid "M-*-" on the Transformer's recipe: 0.108 at step 550.
+0.094 at step 250; a key_copy warm-up (an earlier, longer-cued version: " The key is K. Remember it."
+… " What is the key? The key is K.") of 4000 documents, then passkey:key_copy 1:1, 0.094 at step 250;
+that key_copy only 0.108 at step 450 (its own digits 0.097); key_copy with the short cues only 0.025
+at step 300 (its own digits 0.106), and at lr 1e-2 0.075 at step 300 (its own 0.107). Mamba-2 ("Mx6",
+d_state 32) on short-cue key_copy only: 0.000 at step 250 (its own digits 0.091). A hybrid "M-*-" on
+the Transformer's recipe: 0.108 at step 550.
 
     python benchmarks/induction_probe.py --passkey configs/long-context-hawk-tiny.toml --steps 400 \
         --set data.warmup_docs=0 --set data.warmup_tasks= --set data.tasks=passkey --set data.task_weights=1.0

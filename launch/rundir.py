@@ -43,23 +43,31 @@ def launches(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# seconds one SLURM query may take: a controller that does not answer must not hang `launch status`
+SLURM_QUERY_TIMEOUT = 15.0
+
+
+def slurm_query(*argv: str) -> str:
+    """stdout of a SLURM client command; "" if it fails or does not answer within SLURM_QUERY_TIMEOUT."""
+    try:
+        out = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=SLURM_QUERY_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
 def slurm_job_state(job_id: str) -> str:
     """The job's state from squeue (queued/running) or sacct (finished); "" when neither answers."""
     if not job_id or not shutil.which("squeue"):
         return ""
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=False)
-    if out.returncode == 0 and out.stdout.strip():
-        return out.stdout.split()[0]
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=False)
-    m = re.search(r"JobState=(\S+)", out.stdout) if out.returncode == 0 else None
+    queued = slurm_query("squeue", "-h", "-j", job_id, "-o", "%T").split()
+    if queued:
+        return queued[0]
+    m = re.search(r"JobState=(\S+)", slurm_query("scontrol", "show", "job", "-o", job_id))
     if m:
         return m.group(1)
-    if shutil.which("sacct"):
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"],
-                             capture_output=True, text=True, check=False)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.split()[0]
-    return ""
+    finished = slurm_query("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State").split() if shutil.which("sacct") else []
+    return finished[0] if finished else ""
 
 
 def status(run_dir: str | Path) -> dict:

@@ -142,8 +142,24 @@ def fake_sbatch(tmp_path, monkeypatch, job_id="777"):
     bindir.mkdir(exist_ok=True)
     (bindir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {bindir}/calls\necho "{job_id};cluster"\n')
     (bindir / "sbatch").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")   # no real squeue/scontrol: job state unknown
+    for client in ("squeue", "scontrol", "sacct"):           # shadow a real cluster's: job state unknown
+        (bindir / client).write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+        (bindir / client).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
     return bindir / "calls"
+
+
+def test_a_slurm_controller_that_does_not_answer_gives_an_unknown_state(monkeypatch, tmp_path):
+    from launch import rundir
+
+    fake_sbatch(tmp_path, monkeypatch)
+    (tmp_path / "bin" / "squeue").write_text("#!/bin/sh\nexec sleep 30\n")
+    monkeypatch.setattr(rundir, "SLURM_QUERY_TIMEOUT", 0.5)
+    start = time.monotonic()
+    assert rundir.slurm_job_state("777") == ""
+    assert time.monotonic() - start < 10
+    (tmp_path / "bin" / "squeue").write_text("#!/bin/sh\necho RUNNING\n")
+    assert rundir.slurm_job_state("777") == "RUNNING"
 
 
 def test_slurm_submit_status_and_resume(capsys, monkeypatch, tmp_path):
