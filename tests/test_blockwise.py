@@ -139,3 +139,43 @@ def test_query_owner_backward_reading_the_output_equals_reference(case):
                                8 ** -0.5, with_out=True)
     for got, want in zip(grads, g_ref):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+TRITON_CASES = [(dict(), 2), (dict(window=21), 2), (dict(docs=True), 1), (dict(docs=True, window=30), 4)]
+
+
+@pytest.mark.parametrize("case,hkv", TRITON_CASES, ids=["causal-gqa", "window-gqa", "docs-mqa", "docs+window-mha"])
+def test_triton_block_backward_equals_reference(case, hkv, monkeypatch):
+    """The CUDA block backward (our fused Triton dq and dk/dv kernels fed the merged LSE and delta),
+    run here in Triton's interpreter through block_backward's own dispatch (LONGWEAVE_KERNELS=triton):
+    float32 kernels against float64 autograd through the reference."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("LONGWEAVE_KERNELS", "triton")
+    assert bw.backward_path(torch.zeros(1, 1, 1, 16)) == "triton"
+    gen = torch.Generator().manual_seed(hash((str(case), hkv)) % 2**31)
+    b, h, d = 2, 4, 16
+    q = torch.randn(b, N, h, d, dtype=torch.float64, generator=gen, requires_grad=True)
+    k = torch.randn(b, 3 * N, hkv, d, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(b, 3 * N, hkv, d, dtype=torch.float64, generator=gen, requires_grad=True)
+    do = torch.randn(b, N, h, d, dtype=torch.float64, generator=gen)
+    window, docs = case.get("window"), docs_for(b) if case.get("docs") else None
+    o_ref, _ = attention_reference(q, k, v, causal=True, window=window, q_offset=2 * N,
+                                   q_doc_ids=None if docs is None else docs[:, 2 * N:], k_doc_ids=docs)
+    g_ref = torch.autograd.grad(o_ref, (q, k, v), do)
+    o, grads = blockwise_grads(bw.block_backward, q.detach(), k.detach(), v.detach(), do, window, docs, d ** -0.5)
+    torch.testing.assert_close(o, o_ref.detach(), rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads, g_ref):
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_block_backward_path_follows_the_kernel_mode(monkeypatch):
+    """CPU: torch's fused flash backward; reference mode: the tiled one; a tensor the Triton kernels
+    take on CUDA (simulated) or LONGWEAVE_KERNELS=triton: the Triton kernels."""
+    q = torch.zeros(1, 4, 2, 16)
+    for mode, want in (("auto", "cpu_fused"), ("reference", "tiled"), ("triton", "triton")):
+        monkeypatch.setenv("LONGWEAVE_KERNELS", mode)
+        assert bw.backward_path(q) == want
+    monkeypatch.setenv("LONGWEAVE_KERNELS", "auto")
+    monkeypatch.setattr(bw, "triton_ok", lambda q: True)
+    assert bw.backward_path(q) == "triton"
