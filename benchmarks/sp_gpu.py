@@ -8,7 +8,8 @@ Table 1, per block of n query and n key tokens (B=1, bf16): our block forward (T
 plus our block backward (Triton dq and dk/dv kernels fed the final LSE and delta, as DistAttn's
 backward runs), for a diagonal block (causal) and a fully visible one (the keys of an earlier
 chunk), against the same attention through flash-attn when installed, else SDPA, forward and
-backward by autograd. Times are CUDA events, median of --reps after --warmup calls.
+backward by autograd; dq_rel_err = |dq − dq_ref| / |dq_ref| checks that both computed the same thing.
+Times are CUDA events, median of --reps after --warmup calls.
 
 Table 2, overlap: a rank's share of P-way DistAttn at sequence length T (its diagonal block
 plus P/2 visible blocks of T/P tokens, forward and backward) timed alone, and again while a
@@ -101,7 +102,9 @@ def block_rows(args, device, dtype) -> list[dict]:
         for kind, q_off, causal in (("diagonal", 0, True), ("visible", n, False)):
             ours = timed(functools.partial(block_call, q, k, v, do, q_off, 0), args.warmup, args.reps)
             ref = timed(functools.partial(reference_call, q, k_full, v_full, do, causal), args.warmup, args.reps)
-            rows.append(dict(n=n, block=kind, ours_ms=ours, ref_ms=ref, ratio=ours / ref))
+            dq, dq_ref = block_call(q, k, v, do, q_off, 0)[0].float(), reference_call(q, k_full, v_full, do, causal)
+            err = ((dq - dq_ref.float()).norm() / dq_ref.float().norm()).item()
+            rows.append(dict(n=n, block=kind, ours_ms=ours, ref_ms=ref, ratio=ours / ref, dq_rel_err=f"{err:.1e}"))
     return rows
 
 

@@ -20,7 +20,9 @@ def test_dry_run_prints_both_tables():
     pytest.importorskip("triton")
     out = run("--dry-run")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "| n | block | ours_ms | ref_ms | ratio |" in out.stdout
+    assert "| n | block | ours_ms | ref_ms | ratio | dq_rel_err |" in out.stdout
+    errors = [float(line.split("|")[6]) for line in out.stdout.splitlines() if line.startswith("| 32 |")]
+    assert len(errors) == 2 and max(errors) < 1e-4      # our Triton blocks = SDPA's gradient
     assert "| world | n | alone_ms | with_comm_ms | slowdown |" in out.stdout
     assert "| 32 | diagonal |" in out.stdout and "| 32 | visible |" in out.stdout
 
