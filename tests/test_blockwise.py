@@ -39,13 +39,11 @@ def blockwise_grads(backward, q, k, v, do, window, docs, scale, with_out=False):
     return o, (dq, torch.cat(dks, 1), torch.cat(dvs, 1))
 
 
-@pytest.mark.parametrize("backward", ["fused", "tiled"])
-@pytest.mark.parametrize("case", [dict(), dict(window=21), dict(docs=True), dict(docs=True, window=30)],
-                         ids=["causal", "window", "docs", "docs+window"])
-@pytest.mark.parametrize("hkv", [4, 2, 1], ids=["mha", "gqa", "mqa"])
-def test_blocks_equal_reference(backward, case, hkv):
-    gen = torch.Generator().manual_seed(hash((backward, str(case), hkv)) % 2**31)
-    b, h, d = 2, 4, 8
+def case_and_reference(seed: int, case: dict, hkv: int, d: int):
+    """Random float64 q (chunk 2), k, v (chunks 0..2), dO, the case's window and documents, and the
+    reference output and gradients over all keys at once."""
+    gen = torch.Generator().manual_seed(seed)
+    b, h = 2, 4
     q = torch.randn(b, N, h, d, dtype=torch.float64, generator=gen, requires_grad=True)
     k = torch.randn(b, 3 * N, hkv, d, dtype=torch.float64, generator=gen, requires_grad=True)
     v = torch.randn(b, 3 * N, hkv, d, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -54,9 +52,20 @@ def test_blocks_equal_reference(backward, case, hkv):
     o_ref, _ = attention_reference(q, k, v, causal=True, window=window, q_offset=2 * N,
                                    q_doc_ids=None if docs is None else docs[:, 2 * N:], k_doc_ids=docs)
     g_ref = torch.autograd.grad(o_ref, (q, k, v), do)
+    return (q.detach(), k.detach(), v.detach(), do, window, docs), o_ref.detach(), g_ref
+
+
+@pytest.mark.parametrize("backward", ["fused", "tiled"])
+@pytest.mark.parametrize("case", [dict(), dict(window=21), dict(docs=True), dict(docs=True, window=30)],
+                         ids=["causal", "window", "docs", "docs+window"])
+@pytest.mark.parametrize("hkv", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_blocks_equal_reference(backward, case, hkv):
+    d = 8
+    (q, k, v, do, window, docs), o_ref, g_ref = case_and_reference(hash((backward, str(case), hkv)) % 2**31,
+                                                                   case, hkv, d)
     fn = bw.block_backward_fused if backward == "fused" else bw.block_backward_tiled
-    o, grads = blockwise_grads(fn, q.detach(), k.detach(), v.detach(), do, window, docs, d ** -0.5)
-    torch.testing.assert_close(o, o_ref.detach(), rtol=1e-10, atol=1e-10)
+    o, grads = blockwise_grads(fn, q, k, v, do, window, docs, d ** -0.5)
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
     for got, want in zip(grads, g_ref):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
@@ -139,3 +148,35 @@ def test_query_owner_backward_reading_the_output_equals_reference(case):
                                8 ** -0.5, with_out=True)
     for got, want in zip(grads, g_ref):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+TRITON_CASES = [(dict(), 2), (dict(window=21), 2), (dict(docs=True), 1), (dict(docs=True, window=30), 4)]
+
+
+@pytest.mark.parametrize("case,hkv", TRITON_CASES, ids=["causal-gqa", "window-gqa", "docs-mqa", "docs+window-mha"])
+def test_triton_block_backward_equals_reference(case, hkv, monkeypatch):
+    """The CUDA block backward (our fused Triton dq and dk/dv kernels fed the merged LSE and delta),
+    run here in Triton's interpreter through block_backward's own dispatch (LONGWEAVE_KERNELS=triton):
+    float32 kernels against float64 autograd through the reference."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("LONGWEAVE_KERNELS", "triton")
+    assert bw.backward_path(torch.zeros(1, 1, 1, 16)) == "triton"
+    d = 16
+    (q, k, v, do, window, docs), o_ref, g_ref = case_and_reference(hash((str(case), hkv)) % 2**31, case, hkv, d)
+    o, grads = blockwise_grads(bw.block_backward, q, k, v, do, window, docs, d ** -0.5)
+    torch.testing.assert_close(o, o_ref, rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads, g_ref):
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_block_backward_path_follows_the_kernel_mode(monkeypatch):
+    """CPU: torch's fused flash backward; reference mode: the tiled one; a tensor the Triton kernels
+    take on CUDA (simulated) or LONGWEAVE_KERNELS=triton: the Triton kernels."""
+    q = torch.zeros(1, 4, 2, 16)
+    for mode, want in (("auto", "cpu_fused"), ("reference", "tiled"), ("triton", "triton")):
+        monkeypatch.setenv("LONGWEAVE_KERNELS", mode)
+        assert bw.backward_path(q) == want
+    monkeypatch.setenv("LONGWEAVE_KERNELS", "auto")
+    monkeypatch.setattr(bw, "triton_ok", lambda q: True)
+    assert bw.backward_path(q) == "triton"

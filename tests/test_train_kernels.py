@@ -61,7 +61,7 @@ def test_trainer_switch_selects_triton(triton_calls, tmp_path):
 
 def test_auto_picks_triton_for_packed_documents_on_cuda(monkeypatch):
     monkeypatch.delenv("LONGWEAVE_KERNELS", raising=False)
-    monkeypatch.setattr(attention_mod, "_triton_ok", lambda q: True)           # as a CUDA tensor would be
+    monkeypatch.setattr(attention_mod, "triton_ok", lambda q: True)           # as a CUDA tensor would be
     monkeypatch.setattr(attention_mod, "flash_supports", lambda *a: False)     # flash-attn not installed
     q = torch.randn(1, 64, 4, 16)
     assert attention_mod.select_attention_path(q, 64, 0, 0, False, plain_causal=False) == "triton"

@@ -29,10 +29,10 @@ from kernels.dispatch import has_module, kernel_mode
 TRITON_AVAILABLE = has_module("triton")
 TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)  # kept in step with kernels/attention/triton.py (imported lazily)
 
-__all__ = ["attention", "attention_reference", "attention_sdpa", "visible_mask", "select_attention_path"]
+__all__ = ["attention", "attention_reference", "attention_sdpa", "visible_mask", "select_attention_path", "triton_ok"]
 
 
-def _triton_ok(q: torch.Tensor) -> bool:
+def triton_ok(q: torch.Tensor) -> bool:
     """Our Triton kernel can take q on a CUDA device (head dim 16..256, power of two)."""
     return (q.is_cuda and TRITON_AVAILABLE and q.shape[-1] in TRITON_HEAD_DIMS
             and q.dtype in (torch.float16, torch.bfloat16, torch.float32))
@@ -53,7 +53,7 @@ def select_attention_path(q: torch.Tensor, tk: int, q_offset: int, k_offset: int
         return "triton"
     if mode == "auto" and flash_supports(q, q.shape[1], tk, q_offset, k_offset):
         return "flash_attn"
-    if mode == "auto" and _triton_ok(q) and (return_lse or not plain_causal):
+    if mode == "auto" and triton_ok(q) and (return_lse or not plain_causal):
         return "triton"
     if q.device.type != "cpu" and return_lse:
         return "reference"  # SDPA on CUDA does not expose the LSE and Triton is unavailable or not forced

@@ -99,12 +99,16 @@ def _fwd(q, k, v, q_doc, k_doc, causal, window, shift, scale):
 
 
 def _bwd(do, q, k, v, o, lse, dlse, q_doc, k_doc, causal, window, shift, scale):
-    b, tq, h, d = q.shape
-    tk, hkv = k.shape[1], k.shape[2]
     delta = (o.float() * do.float()).sum(-1).transpose(1, 2)  # [B, H, Tq]
     if dlse is not None:
         delta = delta - dlse.float()
-    delta = delta.contiguous()
+    return _bwd_from_stats(do, q, k, v, lse, delta.contiguous(), q_doc, k_doc, causal, window, shift, scale)
+
+
+def _bwd_from_stats(do, q, k, v, lse, delta, q_doc, k_doc, causal, window, shift, scale):
+    """dq, dk, dv from the row statistics alone: lse and delta = rowsum(dO ⊙ O) [B, H, Tq] fp32."""
+    b, tq, h, d = q.shape
+    tk, hkv = k.shape[1], k.shape[2]
     dq = empty_output(None, dtype=None, device=None, like=q)
     dk = empty_output(None, dtype=None, device=None, like=k)
     dv = empty_output(None, dtype=None, device=None, like=v)
@@ -182,3 +186,42 @@ def attention_triton(
     if in_dtype == torch.float64:
         o, lse = o.double(), lse.double()
     return o, lse
+
+
+def attention_triton_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    do: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    q_doc_ids: torch.Tensor | None = None,
+    k_doc_ids: torch.Tensor | None = None,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv of one (query block x key block) from the forward's *final* row statistics.
+
+    Sequence parallelism's block backward: lse [B, H, Tq] is the merged log-sum-exp over every key
+    block and delta [B, H, Tq] = rowsum(dO ⊙ O) of the final output, so no block needs the others
+    (P = exp(S − lse)). Rows whose lse is −inf saw no key anywhere: their P is 0. Gradients come
+    back in q's dtype (float64 inputs run in float32, as the forward does)."""
+    if not supports(q, k):
+        raise ValueError(f"Triton attention needs a head dim in {HEAD_DIMS}, got {q.shape[-1]}")
+    in_dtype = q.dtype
+    if in_dtype == torch.float64:
+        q, k, v, do = q.float(), k.float(), v.float(), do.float()
+    q, k, v, do = (_unit_stride(t) for t in (q, k, v, do.to(q.dtype)))
+    if q_doc_ids is not None:
+        q_doc_ids = q_doc_ids.to(torch.int32).contiguous()
+        k_doc_ids = k_doc_ids.to(torch.int32).contiguous()
+    lse = lse.float()
+    lse = torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), lse).contiguous()
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    grads = _bwd_from_stats(do, q, k, v, lse, delta.float().contiguous(), q_doc_ids, k_doc_ids, bool(causal),
+                            None if window is None else int(window), int(q_offset) - int(k_offset), scale)
+    return tuple(g.to(in_dtype) for g in grads)

@@ -10,8 +10,10 @@ dQ = scale · dS K, dK = scale · dSᵀ Q. No block ever needs the forward's oth
 On CPU both directions run torch's fused flash kernels (forward returns the LSE, backward
 consumes it), so no [n, n] score matrix exists; the mask takes its cheapest exact form
 (masks.mask_kind): none for fully visible blocks, the causal flag on the diagonal, a bias only
-for partially masked blocks (windows, documents). Elsewhere (CUDA without a fused LSE
-backward, LONGWEAVE_KERNELS=reference) the tiled materialised backward below is used.
+for partially masked blocks (windows, documents). On CUDA the block backward is our fused
+Triton dq and dk/dv kernels fed the final LSE and delta (the same kernels as the forward's
+autograd); the tiled materialised backward below is the reference path
+(LONGWEAVE_KERNELS=reference, or a GPU without Triton).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import math
 
 import torch
 
-from kernels.attention import attention, visible_mask
+from kernels.attention import attention, triton_ok, visible_mask
 from kernels.attention.doc_pieces import buckets, contiguous_documents, piece_bounds, single_document_rows
 from kernels.attention.masks import mask_kind
 from kernels.dispatch import kernel_mode
@@ -121,11 +123,37 @@ def block_backward(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset:
                 **_cropped(q_docs, k_docs, q_offset, k_offset, rows, keys))
         return dq, dk, dv
     kw = dict(window=window, q_docs=q_docs, k_docs=k_docs, q_offset=q_offset, k_offset=k_offset, scale=scale)
-    if q.device.type == "cpu" and kernel_mode() != "reference":
+    path = backward_path(q)
+    if path == "triton":
+        return block_backward_triton(q, k, v, do, lse, delta, **kw)
+    if path == "cpu_fused":
         if window is None and q_offset == k_offset and diagonal_pieces(q_docs, k_docs):
             return pieces_backward(q, k, v, do, lse, delta, q_docs, scale, out)
         return block_backward_fused(q, k, v, do, lse, delta, out=out, **kw)
     return block_backward_tiled(q, k, v, do, lse, delta, **kw)
+
+
+def backward_path(q: torch.Tensor) -> str:
+    """Which block backward runs: our fused Triton kernels where the forward takes them (CUDA, or
+    LONGWEAVE_KERNELS=triton in the interpreter), torch's fused CPU flash backward on CPU, else the
+    tiled materialised one (LONGWEAVE_KERNELS=reference, or a GPU without Triton)."""
+    mode = kernel_mode()
+    if mode == "triton" or (mode == "auto" and triton_ok(q)):
+        return "triton"
+    if q.device.type == "cpu" and mode != "reference":
+        return "cpu_fused"
+    return "tiled"
+
+
+def block_backward_triton(q, k, v, do, lse, delta, *, window, q_docs, k_docs, q_offset: int, k_offset: int,
+                          scale: float):
+    """block_backward through our fused Triton dq and dk/dv kernels (no score matrix, any mask)."""
+    from kernels.attention.triton import attention_triton_backward
+
+    acc = acc_dtype(q.dtype)
+    grads = attention_triton_backward(q, k, v, do, lse, delta, causal=True, window=window, q_doc_ids=q_docs,
+                                      k_doc_ids=k_docs, q_offset=q_offset, k_offset=k_offset, scale=scale)
+    return tuple(g.to(acc) for g in grads)
 
 
 def diagonal_pieces(q_docs, k_docs) -> bool:
