@@ -148,6 +148,26 @@ def _unit_stride(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _kernel_inputs(tensors, q_doc_ids, k_doc_ids, scale):
+    """What the forward and the block backward check and convert alike: both document-id tensors
+    or neither, a head dim the kernels take, a CPU only under the interpreter; the tensors (q, k, v
+    and dO) in q's dtype with unit last stride, float64 run in float32 (Triton's dot has no float64
+    path on GPUs); int32 document ids; the default scale 1/√D."""
+    q, k = tensors[0], tensors[1]
+    if (q_doc_ids is None) != (k_doc_ids is None):
+        raise ValueError("pass both q_doc_ids and k_doc_ids, or neither")
+    if not supports(q, k):
+        raise ValueError(f"Triton attention needs a head dim in {HEAD_DIMS}, got {q.shape[-1]}")
+    if q.device.type == "cpu" and not _interpreted():
+        raise RuntimeError("Triton attention on CPU needs TRITON_INTERPRET=1 (or run on a CUDA device)")
+    dtype = torch.float32 if q.dtype == torch.float64 else q.dtype
+    tensors = tuple(_unit_stride(t.to(dtype)) for t in tensors)
+    if q_doc_ids is not None:
+        q_doc_ids, k_doc_ids = (ids.to(torch.int32).contiguous() for ids in (q_doc_ids, k_doc_ids))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return tensors, q_doc_ids, k_doc_ids, scale
+
+
 def attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -166,20 +186,8 @@ def attention_triton(
 
     float64 inputs run in float32 (Triton's dot has no float64 path on GPUs) and come back
     as float64."""
-    if (q_doc_ids is None) != (k_doc_ids is None):
-        raise ValueError("pass both q_doc_ids and k_doc_ids, or neither")
-    if not supports(q, k):
-        raise ValueError(f"Triton attention needs a head dim in {HEAD_DIMS}, got {q.shape[-1]}")
-    if q.device.type == "cpu" and not _interpreted():
-        raise RuntimeError("Triton attention on CPU needs TRITON_INTERPRET=1 (or run on a CUDA device)")
     in_dtype = q.dtype
-    if in_dtype == torch.float64:
-        q, k, v = q.float(), k.float(), v.float()
-    q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
-    if q_doc_ids is not None:
-        q_doc_ids = q_doc_ids.to(torch.int32).contiguous()
-        k_doc_ids = k_doc_ids.to(torch.int32).contiguous()
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    (q, k, v), q_doc_ids, k_doc_ids, scale = _kernel_inputs((q, k, v), q_doc_ids, k_doc_ids, scale)
     win = None if window is None else int(window)
     o, lse = _TritonAttention.apply(q, k, v, q_doc_ids, k_doc_ids, bool(causal), win,
                                     int(q_offset) - int(k_offset), scale)
@@ -210,18 +218,10 @@ def attention_triton_backward(
     block and delta [B, H, Tq] = rowsum(dO ⊙ O) of the final output, so no block needs the others
     (P = exp(S − lse)). Rows whose lse is −inf saw no key anywhere: their P is 0. Gradients come
     back in q's dtype (float64 inputs run in float32, as the forward does)."""
-    if not supports(q, k):
-        raise ValueError(f"Triton attention needs a head dim in {HEAD_DIMS}, got {q.shape[-1]}")
     in_dtype = q.dtype
-    if in_dtype == torch.float64:
-        q, k, v, do = q.float(), k.float(), v.float(), do.float()
-    q, k, v, do = (_unit_stride(t) for t in (q, k, v, do.to(q.dtype)))
-    if q_doc_ids is not None:
-        q_doc_ids = q_doc_ids.to(torch.int32).contiguous()
-        k_doc_ids = k_doc_ids.to(torch.int32).contiguous()
+    (q, k, v, do), q_doc_ids, k_doc_ids, scale = _kernel_inputs((q, k, v, do), q_doc_ids, k_doc_ids, scale)
     lse = lse.float()
     lse = torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), lse).contiguous()
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     grads = _bwd_from_stats(do, q, k, v, lse, delta.float().contiguous(), q_doc_ids, k_doc_ids, bool(causal),
                             None if window is None else int(window), int(q_offset) - int(k_offset), scale)
     return tuple(g.to(in_dtype) for g in grads)
