@@ -79,7 +79,7 @@ def make_hooks(mode: str):
 
     hooks = SequenceParallelHooks(mode=mode.removesuffix("-p2p"), head_group=2)
     if mode.endswith("-p2p"):
-        hooks.head_layout.heads.whole = False
+        hooks.layout_for("ulysses").heads.whole = False
     return hooks
 
 

@@ -58,7 +58,6 @@ class SequenceParallelHooks:
             raise ValueError(problem)
         self.mode, self.head_group = mode, head_group
         self._layouts: dict[int, HeadLayout] = {}
-        self.head_layout = self.layout_for(mode)
         self._ring: tuple[ChunkLayout, HeadLayout, ChunkLayout] | None = None
         self.records: deque[CallRecord] = deque(maxlen=MAX_RECORDS)   # bounded: training never resets
         self.distattn_forward_calls = 0
