@@ -1,0 +1,59 @@
+"""Digit induction (a training-only warm-up): strings of random digits, each repeated at once.
+
+token_induction's strings are random bytes (256 symbols): the one previous token already says where
+the copy goes on, so matching one token is all it teaches. A passkey answer is not found that way:
+its first digit follows " " after "The pass key is", and " " or "is " occur all over the prose; only
+a match on several tokens ("key is ") finds the needle, and the key's later digits follow digits.
+Here the strings are over the ten digits, so a digit occurs ~len/10 times in the first copy and
+only the last few tokens together (about log10(len) + 1 of them) say where the copy goes on.
+As in token_induction the first copies are not scored (nothing predicts them), nor a copy's first
+digit. Each digit must be one token of the tokenizer (true of the byte, tiktoken and GPT-2-style
+ones). Training-only: nothing to score (data.tasks and data.warmup_tasks may name it;
+train.evaluate --tasks may not).
+"""
+from __future__ import annotations
+
+import random
+
+from data.tasks.base import TaskError, doc_start, text_ids
+from data.tasks.registry import register_warmup
+
+MIN_LEN, MAX_LEN = 8, 64
+HEAD = "Random digits: "
+
+
+def digit_ids(tok) -> list[int]:
+    """The token id of each digit 0..9 (each must be a single token)."""
+    ids = [text_ids(tok, str(d)) for d in range(10)]
+    if any(len(i) != 1 for i in ids):
+        raise TaskError(f"digit_induction needs every digit to be one token, but tokenizer "
+                        f"{getattr(tok, 'name', tok)!r} splits some; use the byte tokenizer or drop digit_induction")
+    return [i[0] for i in ids]
+
+
+@register_warmup
+class DigitInduction:
+    name = "digit_induction"
+
+    def min_length(self, tok) -> int:
+        return len(self.document(tok, 0, 0))
+
+    def document(self, tok, length: int, seed: int, depth: float | None = None) -> list[int]:
+        return self.document_scored(tok, length, seed)[0]
+
+    def document_scored(self, tok, length: int, seed: int) -> tuple[list[int], list[bool]]:
+        """`length` tokens (at least one pair): the head, then pairs "s s" of random digit strings s of
+        MIN_LEN..MAX_LEN digits, back to back, then random digits to the exact length, then the end
+        token; and which tokens are scored: not the first copies, a copy's first digit, nor the tail."""
+        rng = random.Random(seed)
+        digits = digit_ids(tok)
+        out = doc_start(tok) + text_ids(tok, HEAD)
+        scored = [True] * len(out)
+        room = max(2 * MIN_LEN, length - len(out) - 1)                          # 1: the end token
+        while room >= 2 * MIN_LEN:
+            s = [rng.choice(digits) for _ in range(rng.randint(MIN_LEN, min(MAX_LEN, room // 2)))]
+            out += s + s
+            scored += [False] * len(s) + [False] + [True] * (len(s) - 1)
+            room -= 2 * len(s)
+        out += [rng.choice(digits) for _ in range(room)] + [int(tok.eos)]
+        return out, scored + [False] * room + [True]
