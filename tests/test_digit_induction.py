@@ -1,5 +1,5 @@
-"""data/tasks/digit_induction.py: random digit strings, each repeated at once; only the copies (from their
-second digit) are scored, and a copy can only be found by matching several previous digits."""
+"""data/tasks/digit_induction.py and word_induction.py: warm-ups whose copies can only be found by matching
+several previous tokens (digit strings, runs of filler words), each repeated at once; only the copies are scored."""
 from __future__ import annotations
 
 import pytest
@@ -53,3 +53,27 @@ def test_digit_induction_is_a_training_kind_not_an_evaluation_task_and_needs_one
 
     with pytest.raises(TaskError, match="needs every digit to be one token"):
         get_training_kind("digit_induction").document_scored(Pairs(), 100, seed=0)
+
+
+@pytest.mark.parametrize("length", [0, 90, 256, 700])
+def test_word_induction_repeats_runs_of_filler_words_and_scores_only_the_copies(length):
+    from data.synthetic import ADJ, NOUN, PREP, VERB
+
+    kind = get_training_kind("word_induction")
+    doc, scored = kind.document_scored(TOK, length, seed=length + 3)
+    assert (doc, scored) == kind.document_scored(TOK, length, seed=length + 3) and len(doc) == len(scored)
+    assert doc == kind.document(TOK, length, seed=length + 3) and len(doc) == max(length, kind.min_length(TOK))
+    head = [TOK.BOS] + list(TOK.encode("Random words:"))
+    assert doc[:len(head)] == head and doc[-1] == TOK.EOS and all(scored[:len(head)]) and scored[-1]
+    words = TOK.decode(doc[len(head):-1]).split()
+    assert set(words[:-1]) <= set(ADJ + NOUN + VERB + PREP)          # the last one may be cut at the length
+    starts = [i for i in range(len(head), len(doc) - 1) if scored[i] and doc[i - 1] == ord(" ")]
+    assert starts
+    for i in starts:                       # a scored word start: a copy 3..MAX_WORDS words back ...
+        back = [d for d in range(8, 130) if doc[i - d - 3:i - d + 1] == doc[i - 3:i + 1] and not scored[i - d]]
+        assert back, i
+    # ... that a one-token match on " " cannot find: " " precedes every word
+    assert sum(t == ord(" ") for t in doc) > 3 * len(starts) / 2
+    assert kind.document(TOK, 256, seed=1) != kind.document(TOK, 256, seed=2) and "word_induction" in WARMUPS
+    with pytest.raises(TaskError, match="unknown task 'word_induction'"):
+        get_task("word_induction")
