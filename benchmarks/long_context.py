@@ -82,20 +82,22 @@ def part_a(args, res: dict) -> None:
     """Train the four recipes at T; passkey and multi-key at 1·T, every depth."""
     for stack in args.stacks:
         run = Path(args.runs) / stack
+        steps = [f"--train.steps={args.steps}"] if args.steps > 0 else []       # else the recipe's own
         cfg = load_config(ROOT / "configs" / f"{STACKS[stack]}.toml", [
-            f"--train.steps={args.steps}", f"--train.run_dir={run}", "--checkpoint.every=0",
-            "--checkpoint.keep_last=1", "--metrics.tensorboard=false", f"--train.log_every={max(1, args.steps // 4)}",
-            "--train.device=cpu", "--checkpoint.resume=none", *args.train_overrides])
+            *steps, f"--train.run_dir={run}", "--checkpoint.every=0",
+            "--checkpoint.keep_last=1", "--metrics.tensorboard=false", "--train.device=cpu",
+            "--checkpoint.resume=none", *args.train_overrides])
+        cfg.train.log_every = max(1, cfg.train.steps // 4)
         secs = quiet_train(cfg, stack)
         model, cfg = load_trained(run)
         T = cfg.data.seq_len
         t0 = time.perf_counter()
         acc = score(model, cfg, Path(args.out) / "a" / stack, ["passkey", "niah_multikey"], [T], args)
-        row = {"stack": stack, "steps": args.steps, "train_s": round(secs, 1),
+        row = {"stack": stack, "steps": cfg.train.steps, "train_s": round(secs, 1),
                "eval_s": round(time.perf_counter() - t0, 1),
                "passkey_1T": acc["passkey"][T], "multikey_1T": acc["niah_multikey"][T]}
         res["a"].append(row)
-        print(f"  a | {stack:11s} | steps {args.steps} | train {secs:.0f} s | passkey 1T {row['passkey_1T']:.2f} | "
+        print(f"  a | {stack:11s} | steps {row['steps']} | train {secs:.0f} s | passkey 1T {row['passkey_1T']:.2f} | "
               f"multi-key 1T {row['multikey_1T']:.2f}", flush=True)
         save(args, res)
 
@@ -251,8 +253,6 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.ext_steps, args.collapse_steps = args.steps or 2, 1, 2
         args.multiples, args.depths, args.trials = "1,2", 2, 1
         args.train_overrides = ["--data.batch_size=2"]
-    if args.steps <= 0:
-        args.steps = load_config(ROOT / "configs" / f"{STACKS['transformer']}.toml").train.steps
     args.multiples = [int(m) for m in str(args.multiples).split(",")]
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
