@@ -21,16 +21,19 @@ from data.tokenizer import ByteTokenizer
 
 class RowStreamLoader:
     def __init__(self, seq_len: int, batch_size: int, dp_rank: int = 0, dp_size: int = 1, seed: int = 0,
-                 min_chars: int = 400, max_chars: int = 6000):
+                 min_chars: int = 400, max_chars: int = 6000, packer_for=None):
+        """`packer_for(r, n)`: stream r's packer over documents r, r + n, ... (default: the classic
+        synthetic corpus, concatenated and cut into rows)."""
         tok = ByteTokenizer()
         self.batch_size, self.dp_rank, self.dp_size, self.seed = batch_size, dp_rank, dp_size, seed
         n = batch_size * dp_size
 
-        def stream(r: int):
-            return lambda i: tok.encode_document(synthetic_document(seed, i * n + r, min_chars, max_chars))
+        def classic(r: int, n: int):
+            return ConcatChunkPacker(
+                lambda i: tok.encode_document(synthetic_document(seed, i * n + r, min_chars, max_chars)), seq_len)
 
         # every rank advances every stream (cheap) so the saved state is global, like SyntheticLoader
-        self.packers = [ConcatChunkPacker(stream(r), seq_len) for r in range(n)]
+        self.packers = [(packer_for or classic)(r, n) for r in range(n)]
         self.steps = 0
 
     @property
@@ -65,10 +68,19 @@ class RowStreamLoader:
 
 
 def build_row_stream_loader(data_cfg, dp_rank: int = 0, dp_size: int = 1) -> RowStreamLoader:
-    """The row-stream loader for lengthgen.tbptt, from the [data] section (synthetic corpus only)."""
+    """The row-stream loader for lengthgen.tbptt, from the [data] section (the synthetic corpus, classic
+    or sized: under data.corpus = "sized" each stream is a fitting packer over its share of the sized
+    corpus, so a TBPTT run trains on the same task documents as the run it continues)."""
     from data.errors import DataError
 
     if data_cfg.source != "synthetic" or data_cfg.packing != "concat":
         raise DataError("lengthgen.tbptt needs data.source=synthetic with data.packing=concat (the row-stream loader)")
     d = data_cfg
-    return RowStreamLoader(d.seq_len, d.batch_size, dp_rank, dp_size, d.seed, d.min_doc_chars, d.max_doc_chars)
+    packer_for = None
+    if d.corpus == "sized":
+        from data.tasks.corpus import FittingPacker, StridedCorpus, sized_corpus
+
+        corpus = sized_corpus(d, ByteTokenizer())
+        packer_for = lambda r, n: FittingPacker(StridedCorpus(corpus, r, n), d.seq_len)  # noqa: E731
+    return RowStreamLoader(d.seq_len, d.batch_size, dp_rank, dp_size, d.seed, d.min_doc_chars, d.max_doc_chars,
+                           packer_for)

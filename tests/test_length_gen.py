@@ -154,3 +154,44 @@ def test_resume_continues_the_carried_state_exactly(tmp_path, extra):
     resumed = train(load_config(None, [*base, "--train.steps=4", f"--train.run_dir={tmp_path / 'b'}",
                                        "--checkpoint.resume=auto"]), log=lambda *_: None).losses
     assert len(resumed) == 2 and resumed == straight[2:]
+
+
+def test_row_streams_over_the_sized_corpus_carry_its_task_documents():
+    """lengthgen.tbptt with data.corpus = "sized": each stream is a fitting packer over documents r, r + n, ...
+    of the sized corpus (the task documents the run it continues trained on), rows continue their own
+    stream, and resume is exact."""
+    from pathlib import Path
+
+    from data.row_streams import build_row_stream_loader
+    from data.tasks.corpus import FittingPacker, sized_corpus
+    from data.tokenizer import ByteTokenizer
+    from train.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "long-context-mamba2-tiny.toml", ["--data.batch_size=3"])
+    loader = build_row_stream_loader(cfg.data)
+    assert all(isinstance(p, FittingPacker) for p in loader.packers)
+    corpus, tok, T = sized_corpus(cfg.data, ByteTokenizer()), ByteTokenizer(), cfg.data.seq_len
+    b1 = loader.next_batch()
+    for r in range(3):                        # stream r starts with the corpus's document r (when it fits)
+        first = corpus.document(r, T)
+        if len(first) <= T:
+            assert torch.equal(b1.tokens[r, :len(first)], torch.from_numpy(first))
+    text, seen_cont = "", False
+    for _ in range(8):
+        b2 = loader.next_batch()
+        for r in range(3):
+            if b2.positions[r, 0] > 0:        # the same document, continued from the previous step
+                seen_cont = True
+                assert b2.positions[r, 0] == b1.positions[r, -1] + 1
+                assert b1.labels[r, -1] in (-100, b2.tokens[r, 0])
+            else:
+                assert b1.labels[r, -1] == -100 and b2.tokens[r, 0] == tok.BOS
+        text += "".join(tok.decode(row) for row in b2.tokens.tolist())
+        b1 = b2
+    assert seen_cont and text.count("What is the pass key?") >= 3 and " key? " in text
+    state, nxt = loader.state_dict(), loader.next_batch()
+    fresh = build_row_stream_loader(cfg.data)
+    fresh.load_state_dict(state)
+    again = fresh.next_batch()
+    assert torch.equal(again.tokens, nxt.tokens) and torch.equal(again.labels, nxt.labels)

@@ -107,6 +107,27 @@ class SizedCorpus:
         return np.asarray(start + body, dtype=np.int64), np.ones(room, dtype=bool)
 
 
+class StridedCorpus:
+    """Stream r of n's view of a sized corpus (the row-stream loader of lengthgen.tbptt): its
+    document i is the corpus's document i·n + r, so the n streams read disjoint documents."""
+
+    def __init__(self, corpus: SizedCorpus, r: int, n: int):
+        self.corpus, self.r, self.n = corpus, r, n
+
+    def document_scored(self, index: int, row_len: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.corpus.document_scored(index * self.n + self.r, row_len)
+
+    def pad(self, index: int, room: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.corpus.pad(index * self.n + self.r, room)
+
+
+def sized_corpus(data_cfg, tok) -> SizedCorpus:
+    """The sized corpus a [data] section describes."""
+    d = data_cfg
+    return SizedCorpus(tok, d.seed, list(d.tasks), list(d.task_weights), d.task_mix, d.fit_fraction, d.long_max,
+                       list(d.warmup_tasks), d.warmup_docs, d.task_loss)
+
+
 class FittingPacker:
     """Rows of T tokens; a document of ≤ T tokens is never cut by a row boundary."""
 
@@ -173,7 +194,4 @@ class SizedLoader(SyntheticLoader):
     def __init__(self, data_cfg, dp_rank: int = 0, dp_size: int = 1,
                  length_at: Callable[[int], int] | None = None):
         self._setup(data_cfg.batch_size, dp_rank, dp_size, data_cfg.seed, length_at)
-        corpus = SizedCorpus(self.tokenizer, data_cfg.seed, list(data_cfg.tasks), list(data_cfg.task_weights),
-                             data_cfg.task_mix, data_cfg.fit_fraction, data_cfg.long_max,
-                             list(data_cfg.warmup_tasks), data_cfg.warmup_docs, data_cfg.task_loss)
-        self.packer = FittingPacker(corpus, data_cfg.seq_len)
+        self.packer = FittingPacker(sized_corpus(data_cfg, self.tokenizer), data_cfg.seq_len)
