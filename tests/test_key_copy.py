@@ -1,5 +1,5 @@
 """data/tasks/key_copy.py: units of a number written, filler, then asked back; only the asked-back digits
-(and the prose around them) are scored, never the written ones."""
+and their full stop are scored (not the written ones, nor the cues and prose around them)."""
 from __future__ import annotations
 
 import re
@@ -25,8 +25,8 @@ def test_documents_are_exact_and_every_number_is_asked_back_after_a_short_gap(le
     assert len(units) >= max(1, length // 80)                      # several units per row, not one
     assert all(a == b and len(TOK.encode(gap)) <= 48 for a, gap, b in units)
     assert len({a for a, _, _ in units}) == len(units)             # a new number each time
-    hidden = TOK.decode([t for t, s in zip(doc, scored) if not s])
-    assert hidden == "".join(a for a, _, _ in units)               # exactly the written digits are unscored
+    shown = TOK.decode([t for t, s in zip(doc, scored) if s])
+    assert shown == "".join(b + "." for _, _, b in units)          # exactly the asked-back answers are scored
     assert kind.document(TOK, 256, seed=99) != kind.document(TOK, 256, seed=98)
 
 

@@ -286,3 +286,27 @@ def test_recall_warmup_asks_every_pair_again_in_another_order():
     pairs, again = [p.split() for p in first.split(",")], [p.split() for p in second.split(",")]
     assert len(pairs) >= 8 and sorted(pairs) == sorted(again) and pairs != again
     assert len({k for k, _ in pairs}) == len(pairs) and all(len(v) == 5 for _, v in pairs)
+
+
+def test_task_loss_answers_scores_only_a_task_documents_completion():
+    """data.task_loss = "answers": a passkey document's prompt is left out of the loss, its answer and end
+    token are scored; the same documents, and filler prose stays scored, as under "all"."""
+    every = _corpus(tasks=["passkey"], task_mix=0.5, fit_fraction=1.0)
+    answers = _corpus(tasks=["passkey"], task_mix=0.5, fit_fraction=1.0, task_loss="answers")
+    kinds = set()
+    for i in range(30):
+        ids, scored_all = every.document_scored(i, 256)
+        same, scored = answers.document_scored(i, 256)
+        assert np.array_equal(ids, same) and scored_all.all()
+        text = TOK.decode(ids[1:-1].tolist())
+        if "pass key" not in text:
+            kinds.add("filler")
+            assert scored.all()
+            continue
+        kinds.add("passkey")
+        key = text.rsplit("The pass key is", 1)[1]
+        assert TOK.decode(ids[scored][:-1].tolist()) == key and ids[scored][-1] == TOK.EOS
+        assert key.strip(" .").isdigit() and not scored[:-len(key) - 1].any()
+    assert kinds == {"filler", "passkey"}
+    with pytest.raises(TaskError, match="data.task_loss must be 'all' or 'answers'"):
+        _corpus(task_loss="prompt")

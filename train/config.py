@@ -85,6 +85,8 @@ class DataConfig:
     tasks: list[str] = opt(factory=lambda: ["passkey", "niah_multikey", "niah_multivalue", "niah_multiquery",
                                             "vt", "cwe", "copy"], help="sized corpus: task documents drawn from")
     task_weights: list[float] = opt(factory=list, help="sized corpus: one weight per data.tasks (empty = equal)")
+    task_loss: str = choice("all", "answers", help="sized corpus: task documents scored on every token (all) or "
+                            "on their completions only (answers: the prompt's prose left out of the loss)")
     fit_fraction: float = opt(0.75, "sized corpus: share of documents (T/8..T) never cut by a row boundary")
     long_max: float = opt(4.0, "sized corpus: the other documents are T..long_max·T tokens")
     warmup_tasks: list[str] = opt(factory=list, help="sized corpus: the first data.warmup_docs documents are drawn "

@@ -28,7 +28,8 @@ from data.tasks.registry import get_training_kind
 
 class SizedCorpus:
     def __init__(self, tok, seed: int, tasks: list[str], weights: list[float], task_mix: float,
-                 fit_fraction: float, long_max: float, warmup_tasks: list[str] = (), warmup_docs: int = 0):
+                 fit_fraction: float, long_max: float, warmup_tasks: list[str] = (), warmup_docs: int = 0,
+                 task_loss: str = "all"):
         if weights and len(weights) != len(tasks):
             raise TaskError(f"data.task_weights has {len(weights)} entries for {len(tasks)} data.tasks; "
                             "give one weight per task (or none)")
@@ -43,6 +44,9 @@ class SizedCorpus:
                             "the warm-up document kinds (e.g. [\"token_induction\"])")
         self.warmup = [get_training_kind(t) for t in warmup_tasks]
         self.warmup_docs = warmup_docs
+        if task_loss not in ("all", "answers"):
+            raise TaskError(f"data.task_loss must be 'all' or 'answers', not {task_loss!r}")
+        self.answers_only = task_loss == "answers"
         self._min: dict[str, int] = {}
 
     def min_length(self, task) -> int:
@@ -60,7 +64,8 @@ class SizedCorpus:
     def document_scored(self, index: int, row_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Document `index` at row length T, and which of its tokens are scored as targets: all of them,
         except where a kind marks tokens that nothing in the context predicts (token_induction's first
-        copies, random noise whose gradient would drown the copying signal it is there to teach)."""
+        copies, random noise whose gradient would drown the copying signal it is there to teach), and,
+        under data.task_loss = "answers", a task document's prompt (only its completion is scored)."""
         rng = random.Random(case_seed("sized", self.seed, index, row_len))
         fits = rng.random() < self.fit_fraction
         length = rng.randint(max(8, row_len // 8), row_len) if fits else \
@@ -76,8 +81,12 @@ class SizedCorpus:
             if hasattr(task, "document_scored"):
                 ids, scored = task.document_scored(self.tok, length, seed)
                 return np.asarray(ids, dtype=np.int64), np.asarray(scored, dtype=bool)
-            ids = np.asarray(task.document(self.tok, length, seed), dtype=np.int64)
-            return ids, np.ones(len(ids), dtype=bool)
+            if not hasattr(task, "document_parts"):                  # a warm-up kind scored whole
+                ids = np.asarray(task.document(self.tok, length, seed), dtype=np.int64)
+                return ids, np.ones(len(ids), dtype=bool)
+            prompt, tail = task.document_parts(self.tok, length, seed)
+            scored = [not self.answers_only] * len(prompt) + [True] * len(tail)
+            return np.asarray(prompt + tail, dtype=np.int64), np.asarray(scored, dtype=bool)
         start = doc_start(self.tok)
         body, _ = filler_ids(self.tok, rng, max(1, length - len(start) - 1))
         ids = np.asarray(start + body + [int(self.tok.eos)], dtype=np.int64)
@@ -166,5 +175,5 @@ class SizedLoader(SyntheticLoader):
         self._setup(data_cfg.batch_size, dp_rank, dp_size, data_cfg.seed, length_at)
         corpus = SizedCorpus(self.tokenizer, data_cfg.seed, list(data_cfg.tasks), list(data_cfg.task_weights),
                              data_cfg.task_mix, data_cfg.fit_fraction, data_cfg.long_max,
-                             list(data_cfg.warmup_tasks), data_cfg.warmup_docs)
+                             list(data_cfg.warmup_tasks), data_cfg.warmup_docs, data_cfg.task_loss)
         self.packer = FittingPacker(corpus, data_cfg.seq_len)

@@ -28,6 +28,13 @@ class Task:
     def document(self, tok, length: int, seed: int, depth: float | None = None) -> list[int]:
         """A training document of `length` tokens (more only when its fixed parts need it): prompt +
         completion + end token."""
+        prompt, tail = self.document_parts(tok, length, seed, depth)
+        return prompt + tail
+
+    def document_parts(self, tok, length: int, seed: int,
+                       depth: float | None = None) -> tuple[list[int], list[int]]:
+        """`document`'s prompt and its completion + end token, apart (data.task_loss = "answers"
+        scores the second only)."""
         rng0 = random.Random(seed)
         depth = rng0.random() if depth is None else depth
         # same rng → same answers and needles; the probe's extra room makes it buildable at any length
@@ -35,7 +42,7 @@ class Task:
         tail = text_ids(tok, probe.completion) + [int(tok.eos)]
         body = max(length - len(tail), probe.fixed_tokens)      # never below the fixed parts
         s = self.build(random.Random(seed), tok, body, depth)
-        return s.prompt_ids + tail
+        return s.prompt_ids, tail
 
     def score(self, generated: str, sample: Sample) -> float:
         """Fraction of the expected items found in the continuation (RULER's string-match-all)."""
