@@ -234,7 +234,9 @@ def train_passkey(args) -> list[tuple[int, float, float, float]]:
             g["lr"] = lr_at(step, steps, cfg.optim)
         b = loader.next_batch()
         logits = model(b.tokens, b.positions, b.doc_ids)
-        loss = F.cross_entropy(logits.flatten(0, 1), b.labels.flatten(), ignore_index=-100)
+        labels = b.labels.flatten()          # as the trainer: a step without labels (answers-only rows) is 0
+        loss = F.cross_entropy(logits.flatten(0, 1), labels, ignore_index=-100, reduction="sum")
+        loss = loss / max(1, int((labels != -100).sum()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip:

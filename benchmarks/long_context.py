@@ -52,7 +52,8 @@ def rope_methods(T: int, factor: int = 4) -> dict[str, list[str]]:
 MITIGATIONS = {"none": [], "forget more λ=2": ["--model.collapse_decay_scale=2"],
                "window w=T": ["--model.collapse_window={T}"]}
 INTERVENTIONS = {"noise init": ["--lengthgen.state_init=noise"], "state passing": ["--lengthgen.state_init=passing"],
-                 "TBPTT": ["--lengthgen.tbptt=true"]}
+                 "TBPTT": ["--lengthgen.tbptt=true"],
+                 "rows of 4·T": ["--data.seq_len={T4}", "--data.batch_size=2"]}   # the Transformer's recipe
 
 
 def quiet_train(cfg, tag: str) -> float:
@@ -149,7 +150,7 @@ def part_b(args, res: dict) -> None:
             save(args, res)
         for name, flags in INTERVENTIONS.items():
             ext = runs / f"{stack}-{slug(name)}"
-            secs = continue_training(base, ext, list(flags), args, f"{stack} {name}")
+            secs = continue_training(base, ext, [f.format(T4=4 * T) for f in flags], args, f"{stack} {name}")
             model, cfg_e = load_trained(ext)
             acc = score(model, cfg_e, Path(args.out) / "b" / f"{stack}-{slug(name)}", ["passkey"], lengths, args)
             res["b"].append({"stack": stack, "method": f"post-training: {name}", "tuned": acc["passkey"],

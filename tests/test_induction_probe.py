@@ -47,6 +47,7 @@ def test_passkey_held_out_masks_exactly_the_key_digits_after_the_question():
 def test_passkey_mode_trains_the_configs_model_on_its_data():
     rows = induction_probe.main(["--passkey", "configs/long-context-hawk-tiny.toml", "--steps", "2", "--every", "1",
                                  "--held-out", "4", "--set", "model.d_model=32", "--set", "model.lru_width=32",
-                                 "--set", "data.batch_size=1", "--set", "data.warmup_tasks=key_copy"])["passkey"]
+                                 "--set", "data.batch_size=1", "--set", "data.warmup_tasks=key_copy",
+                                 "--set", "data.fit_fraction=1.0"])["passkey"]       # every row has answers
     assert [r[0] for r in rows] == [1, 2]
     assert all(0 < r[1] < 7 and 0 <= r[3] <= r[2] <= 1 and 0 <= r[4] <= 1 for r in rows)
