@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -107,6 +108,7 @@ def continue_training(base_run: Path, run: Path, overrides: list[str], args, tag
     """A short run from the base weights (fresh optimizer and schedule) with `overrides` (e.g. 4·T). The
     base recipe's copy warm-up is not repeated: the first documents of a continued run are the task mix."""
     model, cfg = load_trained(base_run)
+    shutil.rmtree(run, ignore_errors=True)          # a rerun of the script starts this run afresh
     cfg = load_config(list_checkpoints(base_run / "checkpoints")[-1] / "config.toml", [
         f"--train.steps={args.ext_steps}", f"--train.run_dir={run}", "--checkpoint.every=0",
         "--checkpoint.keep_last=1", f"--train.log_every={max(1, args.ext_steps // 2)}", "--optim.warmup_steps=5",
