@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -54,7 +55,10 @@ MITIGATIONS = {"none": [], "forget more λ=2": ["--model.collapse_decay_scale=2"
                "window w=T": ["--model.collapse_window={T}"]}
 INTERVENTIONS = {"noise init": ["--lengthgen.state_init=noise"], "state passing": ["--lengthgen.state_init=passing"],
                  "TBPTT": ["--lengthgen.tbptt=true"],
-                 "rows of 4·T": ["--data.seq_len={T4}", "--data.batch_size=2"]}   # the Transformer's recipe
+                 "rows of 4·T": ["--data.seq_len={T4}", "--data.batch_size=2"],   # the Transformer's recipe
+                 "TBPTT, rows of 4·T": ["--data.seq_len={T4}", "--data.batch_size=2", "--lengthgen.tbptt=true"],
+                 "rows of 8·T": ["--data.seq_len={T8}", "--data.batch_size=1"],
+                 "TBPTT, rows of 8·T": ["--data.seq_len={T8}", "--data.batch_size=1", "--lengthgen.tbptt=true"]}
 
 
 def quiet_train(cfg, tag: str) -> float:
@@ -144,15 +148,15 @@ def part_b(args, res: dict) -> None:
         _, cfg = load_trained(base)
         T = cfg.data.seq_len
         lengths = [m * T for m in args.multiples]
-        for name, flags in MITIGATIONS.items():
+        for name, flags in [(n, f) for n, f in MITIGATIONS.items() if method_arg(n) in args.recurrent_methods]:
             model, cfg_m = load_trained(base, [f.format(T=T) for f in flags])
             acc = score(model, cfg_m, Path(args.out) / "b" / f"{stack}-{slug(name)}", ["passkey"], lengths, args)
             res["b"].append({"stack": stack, "method": f"mitigation: {name}", "free": acc["passkey"], "T": T})
             print(f"  b | {stack:11s} | {name:20s} | {fmt(acc['passkey'], lengths)}", flush=True)
             save(args, res)
-        for name, flags in INTERVENTIONS.items():
+        for name, flags in [(n, f) for n, f in INTERVENTIONS.items() if method_arg(n) in args.recurrent_methods]:
             ext = runs / f"{stack}-{slug(name)}"
-            secs = continue_training(base, ext, [f.format(T4=4 * T) for f in flags], args, f"{stack} {name}")
+            secs = continue_training(base, ext, [f.format(T4=4 * T, T8=8 * T) for f in flags], args, f"{stack} {name}")
             model, cfg_e = load_trained(ext)
             acc = score(model, cfg_e, Path(args.out) / "b" / f"{stack}-{slug(name)}", ["passkey"], lengths, args)
             res["b"].append({"stack": stack, "method": f"post-training: {name}", "tuned": acc["passkey"],
@@ -190,6 +194,11 @@ def part_c(args, res: dict) -> None:
 def method_key(name: str) -> str:
     """The short name --rope-methods takes: "PI (linear)" -> "pi", "NTK-aware" -> "ntk", "YaRN" -> "yarn"."""
     return name.split()[0].split("-")[0].lower()
+
+
+def method_arg(name: str) -> str:
+    """The name --recurrent-methods takes: "TBPTT, rows of 4·T" -> "tbptt-rows-of-4-t"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def slug(name: str) -> str:
@@ -231,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=0, help="training steps per stack (default: the recipe's)")
     p.add_argument("--rope-methods", default="none,pi,ntk,yarn,truncated",
                    help="(b): the Transformer's RoPE scalings, comma-separated (default: all five)")
+    recurrent = [method_arg(n) for n in [*MITIGATIONS, *INTERVENTIONS]]
+    p.add_argument("--recurrent-methods", default=",".join(recurrent),
+                   help=f"(b): the Mamba-2 / Hawk mitigations and post-trainings, comma-separated: {', '.join(recurrent)}")
     p.add_argument("--ext-steps", type=int, default=200, help="continued / post-training steps in (b)")
     p.add_argument("--ext-lr", type=float, default=1e-3)
     p.add_argument("--collapse-steps", type=int, default=3000)
@@ -246,10 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     args.stacks = [s for s in args.stacks.split(",") if s]
     keys = {method_key(n): n for n in rope_methods(256)}
     picked = [m.strip() for m in args.rope_methods.split(",") if m.strip()]
+    args.recurrent_methods = [m.strip() for m in args.recurrent_methods.split(",") if m.strip()]
     unknown = [m for m in picked if method_key(m) not in keys] + [s for s in args.stacks if s not in STACKS]
+    unknown += [m for m in args.recurrent_methods if m not in recurrent]
     if unknown:
-        p.error(f"unknown stack or RoPE method {', '.join(unknown)}: stacks are {', '.join(STACKS)}; "
-                f"methods are {', '.join(keys)}")
+        p.error(f"unknown stack or method {', '.join(unknown)}: stacks are {', '.join(STACKS)}; RoPE methods are "
+                f"{', '.join(keys)}; recurrent methods are {', '.join(recurrent)}")
     args.rope_methods = [keys[method_key(m)] for m in picked]
     args.train_overrides = []
     if args.quick:

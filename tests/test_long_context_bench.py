@@ -46,14 +46,15 @@ def bench_module():
 
 
 def test_unknown_rope_method_or_stack_is_one_line_exit_2(capsys):
-    """--rope-methods takes the short names (none, pi, ntk, yarn, truncated); a typo names the choices."""
+    """--rope-methods takes the short names (none, pi, ntk, yarn, truncated), --recurrent-methods theirs; a
+    typo names the choices."""
     long_context = bench_module()
-    for argv in (["--rope-methods", "ntk,yarm"], ["--stacks", "transformer,gpt"]):
+    for argv in (["--rope-methods", "ntk,yarm"], ["--stacks", "transformer,gpt"], ["--recurrent-methods", "tbpt"]):
         with pytest.raises(SystemExit) as e:
             long_context.main(argv + ["--parts", "b", "--out", "/nonexistent/never-written"])
         assert e.value.code == 2
         err = capsys.readouterr().err
-        assert "unknown stack or RoPE method" in err and "ntk, yarn, truncated" in err
+        assert "unknown stack or method" in err and "ntk, yarn, truncated" in err and "tbptt-rows-of-8-t" in err
 
 
 def test_rope_method_short_names():
