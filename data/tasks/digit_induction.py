@@ -13,12 +13,10 @@ train.evaluate --tasks may not).
 """
 from __future__ import annotations
 
-import random
+from data.tasks.base import TaskError, text_ids
+from data.tasks.registry import ScoredWarmup, register_warmup
+from data.tasks.token_induction import repeated_strings
 
-from data.tasks.base import TaskError, doc_start, text_ids
-from data.tasks.registry import register_warmup
-
-MIN_LEN, MAX_LEN = 8, 64
 HEAD = "Random digits: "
 
 
@@ -32,28 +30,9 @@ def digit_ids(tok) -> list[int]:
 
 
 @register_warmup
-class DigitInduction:
+class DigitInduction(ScoredWarmup):
     name = "digit_induction"
 
-    def min_length(self, tok) -> int:
-        return len(self.document(tok, 0, 0))
-
-    def document(self, tok, length: int, seed: int, depth: float | None = None) -> list[int]:
-        return self.document_scored(tok, length, seed)[0]
-
     def document_scored(self, tok, length: int, seed: int) -> tuple[list[int], list[bool]]:
-        """`length` tokens (at least one pair): the head, then pairs "s s" of random digit strings s of
-        MIN_LEN..MAX_LEN digits, back to back, then random digits to the exact length, then the end
-        token; and which tokens are scored: not the first copies, a copy's first digit, nor the tail."""
-        rng = random.Random(seed)
-        digits = digit_ids(tok)
-        out = doc_start(tok) + text_ids(tok, HEAD)
-        scored = [True] * len(out)
-        room = max(2 * MIN_LEN, length - len(out) - 1)                          # 1: the end token
-        while room >= 2 * MIN_LEN:
-            s = [rng.choice(digits) for _ in range(rng.randint(MIN_LEN, min(MAX_LEN, room // 2)))]
-            out += s + s
-            scored += [False] * len(s) + [False] + [True] * (len(s) - 1)
-            room -= 2 * len(s)
-        out += [rng.choice(digits) for _ in range(room)] + [int(tok.eos)]
-        return out, scored + [False] * room + [True]
+        """Pairs of random digit strings (token_induction.repeated_strings over the ten digits' ids)."""
+        return repeated_strings(tok, length, seed, HEAD, digit_ids(tok))

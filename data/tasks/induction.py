@@ -14,18 +14,15 @@ import random
 import string
 
 from data.tasks.base import doc_start, text_ids
-from data.tasks.registry import register_warmup
+from data.tasks.registry import Warmup, register_warmup
 
 ALPHABET = string.ascii_lowercase + string.digits
 HEAD, AGAIN = "Random: ", " Again: "
 
 
 @register_warmup
-class Induction:
+class Induction(Warmup):
     name = "induction"
-
-    def min_length(self, tok) -> int:
-        return len(self.document(tok, 0, 0))
 
     def document(self, tok, length: int, seed: int, depth: float | None = None) -> list[int]:
         """`length` tokens (a few less when the halves do not divide evenly; never fewer than 8 characters)."""

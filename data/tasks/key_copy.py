@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 
 from data.tasks.base import doc_start, filler_ids, number, text_ids
-from data.tasks.registry import register_warmup
+from data.tasks.registry import ScoredWarmup, register_warmup
 
 MAX_GAP = 48                # filler tokens between a number and its question: 0..MAX_GAP
 
@@ -48,14 +48,8 @@ def unit(tok, rng: random.Random, room: int) -> tuple[list[int], list[bool]] | N
 
 
 @register_warmup
-class KeyCopy:
+class KeyCopy(ScoredWarmup):
     name = "key_copy"
-
-    def min_length(self, tok) -> int:
-        return len(self.document(tok, 0, 0))
-
-    def document(self, tok, length: int, seed: int, depth: float | None = None) -> list[int]:
-        return self.document_scored(tok, length, seed)[0]
 
     def document_scored(self, tok, length: int, seed: int) -> tuple[list[int], list[bool]]:
         """`length` tokens (at least one unit): document start, units back to back, filler to the exact

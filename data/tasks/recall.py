@@ -13,7 +13,7 @@ import random
 import string
 
 from data.tasks.base import distinct, doc_start, number, text_ids
-from data.tasks.registry import register_warmup
+from data.tasks.registry import Warmup, register_warmup
 
 HEAD, AGAIN = "Pairs:", " Recall:"
 
@@ -23,11 +23,8 @@ def key(rng: random.Random) -> str:
 
 
 @register_warmup
-class Recall:
+class Recall(Warmup):
     name = "recall"
-
-    def min_length(self, tok) -> int:
-        return len(self.document(tok, 0, 0))
 
     def document(self, tok, length: int, seed: int, depth: float | None = None) -> list[int]:
         """At most `length` tokens (never fewer than two pairs)."""

@@ -63,6 +63,23 @@ def register(cls: type[Task]) -> type[Task]:
     return cls
 
 
+class Warmup:
+    """A training-only document kind: subclasses set `name` and implement `document(tok, length, seed)`."""
+    name = ""
+
+    def min_length(self, tok) -> int:
+        """Its shortest document (what a length of 0 builds)."""
+        return len(self.document(tok, 0, 0))
+
+
+class ScoredWarmup(Warmup):
+    """A warm-up kind that marks which tokens are scored: subclasses implement
+    `document_scored(tok, length, seed) -> (ids, scored)`; the document is its ids."""
+
+    def document(self, tok, length: int, seed: int, depth: float | None = None) -> list[int]:
+        return self.document_scored(tok, length, seed)[0]
+
+
 def register_warmup(cls):
     WARMUPS[cls.name] = cls()
     return cls

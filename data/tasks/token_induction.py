@@ -16,36 +16,37 @@ from __future__ import annotations
 import random
 
 from data.tasks.base import doc_start, text_ids
-from data.tasks.registry import register_warmup
+from data.tasks.registry import ScoredWarmup, register_warmup
 
 ID_RANGE = 256
 MIN_LEN, MAX_LEN = 8, 64
 HEAD = "Random ids: "
 
 
+def repeated_strings(tok, length: int, seed: int, head: str,
+                     symbols: list[int]) -> tuple[list[int], list[bool]]:
+    """`length` tokens (at least one pair): doc start and `head`, then pairs "s s" of random strings s of
+    MIN_LEN..MAX_LEN ids drawn from `symbols`, back to back, then random ids to the exact length, then
+    the end token; and which tokens are scored as targets: not the first copies, a copy's first id, nor
+    the trailing random ids (nothing predicts them; their gradient is noise that keeps copying from
+    forming). token_induction draws from every byte id, digit_induction from the ten digits."""
+    rng = random.Random(seed)
+    out = doc_start(tok) + text_ids(tok, head)
+    scored = [True] * len(out)
+    room = max(2 * MIN_LEN, length - len(out) - 1)                          # 1: the end token
+    while room >= 2 * MIN_LEN:
+        s = [rng.choice(symbols) for _ in range(rng.randint(MIN_LEN, min(MAX_LEN, room // 2)))]
+        out += s + s
+        scored += [False] * len(s) + [False] + [True] * (len(s) - 1)    # a copy's first id: no cue yet
+        room -= 2 * len(s)
+    out += [rng.choice(symbols) for _ in range(room)] + [int(tok.eos)]
+    return out, scored + [False] * room + [True]
+
+
 @register_warmup
-class TokenInduction:
+class TokenInduction(ScoredWarmup):
     name = "token_induction"
 
-    def min_length(self, tok) -> int:
-        return len(self.document(tok, 0, 0))
-
-    def document(self, tok, length: int, seed: int, depth: float | None = None) -> list[int]:
-        return self.document_scored(tok, length, seed)[0]
-
     def document_scored(self, tok, length: int, seed: int) -> tuple[list[int], list[bool]]:
-        """`length` tokens (at least one pair): the head, then pairs "s s" of random id strings s of
-        MIN_LEN..MAX_LEN ids, back to back, then random ids to the exact length, then the end token;
-        and which tokens are scored as targets: not the first copies nor the trailing random ids
-        (nothing predicts them; their gradient is noise that keeps copying from forming)."""
-        rng = random.Random(seed)
-        out = doc_start(tok) + text_ids(tok, HEAD)
-        scored = [True] * len(out)
-        room = max(2 * MIN_LEN, length - len(out) - 1)                          # 1: the end token
-        while room >= 2 * MIN_LEN:
-            s = [rng.randrange(ID_RANGE) for _ in range(rng.randint(MIN_LEN, min(MAX_LEN, room // 2)))]
-            out += s + s
-            scored += [False] * len(s) + [False] + [True] * (len(s) - 1)    # a copy's first id: no cue yet
-            room -= 2 * len(s)
-        out += [rng.randrange(ID_RANGE) for _ in range(room)] + [int(tok.eos)]
-        return out, scored + [False] * room + [True]
+        """Pairs of random byte-id strings (repeated_strings)."""
+        return repeated_strings(tok, length, seed, HEAD, list(range(ID_RANGE)))

@@ -16,7 +16,7 @@ import random
 
 from data.synthetic import ADJ, NOUN, PREP, VERB
 from data.tasks.base import doc_start, text_ids
-from data.tasks.registry import register_warmup
+from data.tasks.registry import ScoredWarmup, register_warmup
 
 WORDS = ADJ + NOUN + VERB + PREP
 MIN_WORDS, MAX_WORDS = 3, 10
@@ -35,14 +35,8 @@ def run(tok, rng: random.Random, room: int) -> list[int] | None:
 
 
 @register_warmup
-class WordInduction:
+class WordInduction(ScoredWarmup):
     name = "word_induction"
-
-    def min_length(self, tok) -> int:
-        return len(self.document(tok, 0, 0))
-
-    def document(self, tok, length: int, seed: int, depth: float | None = None) -> list[int]:
-        return self.document_scored(tok, length, seed)[0]
 
     def document_scored(self, tok, length: int, seed: int) -> tuple[list[int], list[bool]]:
         """`length` tokens (at least one pair): the head, then pairs "r r" of runs r of MIN_WORDS..MAX_WORDS
