@@ -61,6 +61,11 @@ INTERVENTIONS = {"noise init": ["--lengthgen.state_init=noise"], "state passing"
                  "TBPTT, rows of 8·T": ["--data.seq_len={T8}", "--data.batch_size=1", "--lengthgen.tbptt=true"]}
 
 
+def at_length(flags: list[str], T: int) -> list[str]:
+    """A method's flags with the training length filled in ({T}, {T4} = 4·T, {T8} = 8·T)."""
+    return [f.format(T=T, T4=4 * T, T8=8 * T) for f in flags]
+
+
 def quiet_train(cfg, tag: str) -> float:
     from train.loop import train
 
@@ -149,14 +154,14 @@ def part_b(args, res: dict) -> None:
         T = cfg.data.seq_len
         lengths = [m * T for m in args.multiples]
         for name, flags in [(n, f) for n, f in MITIGATIONS.items() if method_arg(n) in args.recurrent_methods]:
-            model, cfg_m = load_trained(base, [f.format(T=T) for f in flags])
+            model, cfg_m = load_trained(base, at_length(flags, T))
             acc = score(model, cfg_m, Path(args.out) / "b" / f"{stack}-{slug(name)}", ["passkey"], lengths, args)
             res["b"].append({"stack": stack, "method": f"mitigation: {name}", "free": acc["passkey"], "T": T})
             print(f"  b | {stack:11s} | {name:20s} | {fmt(acc['passkey'], lengths)}", flush=True)
             save(args, res)
         for name, flags in [(n, f) for n, f in INTERVENTIONS.items() if method_arg(n) in args.recurrent_methods]:
             ext = runs / f"{stack}-{slug(name)}"
-            secs = continue_training(base, ext, [f.format(T4=4 * T, T8=8 * T) for f in flags], args, f"{stack} {name}")
+            secs = continue_training(base, ext, at_length(flags, T), args, f"{stack} {name}")
             model, cfg_e = load_trained(ext)
             acc = score(model, cfg_e, Path(args.out) / "b" / f"{stack}-{slug(name)}", ["passkey"], lengths, args)
             res["b"].append({"stack": stack, "method": f"post-training: {name}", "tuned": acc["passkey"],
