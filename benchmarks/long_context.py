@@ -58,12 +58,14 @@ INTERVENTIONS = {"noise init": ["--lengthgen.state_init=noise"], "state passing"
                  "rows of 4·T": ["--data.seq_len={T4}", "--data.batch_size=2"],   # the Transformer's recipe
                  "TBPTT, rows of 4·T": ["--data.seq_len={T4}", "--data.batch_size=2", "--lengthgen.tbptt=true"],
                  "rows of 8·T": ["--data.seq_len={T8}", "--data.batch_size=1"],
-                 "TBPTT, rows of 8·T": ["--data.seq_len={T8}", "--data.batch_size=1", "--lengthgen.tbptt=true"]}
+                 "TBPTT, rows of 8·T": ["--data.seq_len={T8}", "--data.batch_size=1", "--lengthgen.tbptt=true"],
+                 "rows of 16·T": ["--data.seq_len={T16}", "--data.batch_size=1"],
+                 "TBPTT, rows of 16·T": ["--data.seq_len={T16}", "--data.batch_size=1", "--lengthgen.tbptt=true"]}
 
 
 def at_length(flags: list[str], T: int) -> list[str]:
-    """A method's flags with the training length filled in ({T}, {T4} = 4·T, {T8} = 8·T)."""
-    return [f.format(T=T, T4=4 * T, T8=8 * T) for f in flags]
+    """A method's flags with the training length filled in ({T}, {T4} = 4·T, {T8} = 8·T, {T16} = 16·T)."""
+    return [f.format(T=T, T4=4 * T, T8=8 * T, T16=16 * T) for f in flags]
 
 
 def quiet_train(cfg, tag: str) -> float:
