@@ -1,13 +1,18 @@
 """A checkpoint written by the trainer as it was before the engine redesign (issue 13) still
-resumes to the very same losses, gradient norms and console lines.
+resumes to the same losses, gradient norms and console lines.
 
 fixtures/pre_engine_ckpt.tar.gz holds `checkpoints/step-0000003/` of a 6-step run (pattern
 "M-*-R-", one process) saved at step 3 by main at ab80dea; the figures below are what that
-code printed and logged for steps 4-6 after resuming it.
+code printed and logged for steps 4-6 after resuming it. They are compared to a relative 1e-5,
+not bit for bit: on another CPU (CI's) the same float32 steps round differently in the last bits
+(5.370278835 against 5.370278358, 9e-8 relative), while a resume whose schedule is off by one
+warm-up step already moves them by 5e-3.
 """
 import json
 import tarfile
 from pathlib import Path
+
+import pytest
 
 from train.config import load_config
 from train.loop import train
@@ -31,9 +36,9 @@ def test_checkpoint_from_before_the_redesign_resumes_exactly(tmp_path):
         tar.extractall(tmp_path, filter="data")
     lines: list[str] = []
     result = train(load_config("configs/tiny.toml", [*ARGS, f"--train.run_dir={tmp_path}"]), log=lines.append)
-    assert result.losses == LOSSES                    # exactly, not approximately
+    assert result.losses == pytest.approx(LOSSES, rel=1e-5, abs=0)
     logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["grad_norm"] for r in logged] == GRAD_NORMS
+    assert [r["grad_norm"] for r in logged] == pytest.approx(GRAD_NORMS, rel=1e-5, abs=0)
     assert lines[0] == f"resumed from {tmp_path}/checkpoints/step-0000003 at step 3"
     assert lines[1] == LINES[0]
     for line, want in zip(lines[2:], LINES[1:]):
