@@ -77,17 +77,19 @@ def quiet_train(cfg, tag: str) -> float:
 
 
 def load_trained(run_dir: Path, extra: list[str] | None = None):
-    """(model, cfg) from the newest checkpoint of run_dir, with config overrides applied on top."""
+    """(model, cfg) from the newest checkpoint of run_dir, with config overrides applied on top; the
+    model carries the checkpoint's step (`trained_step`) for the titles of its heatmaps."""
     ckpt = list_checkpoints(run_dir / "checkpoints")[-1]
     cfg = load_config(ckpt / "config.toml", list(extra or []))
     model = models.build(cfg.model)
     load_model_weights(ckpt, model)
+    model.trained_step = int(json.loads((ckpt / "train_state.json").read_text()).get("step", 0))
     return model.eval(), cfg
 
 
 def score(model, cfg, out: Path, tasks: list[str], lengths: list[int], args) -> dict:
     s = evaluate_model(model, cfg, out, lengths=lengths, depths=args.depths, trials=args.trials, loss_length=0,
-                       loss_rows=0, seed=args.seed, tasks=tasks, step=0, progress=None)
+                       loss_rows=0, seed=args.seed, tasks=tasks, step=model.trained_step, progress=None)
     return {t: {int(k): v for k, v in s[t].items()} for t in tasks}
 
 
@@ -138,12 +140,12 @@ def part_b(args, res: dict) -> None:
         lengths = [m * T for m in args.multiples]
         for name, flags in [(n, f) for n, f in rope_methods(T).items() if n in args.rope_methods]:
             model, cfg_m = load_trained(base, flags)
-            free = score(model, cfg_m, Path(args.out) / "b" / f"rope-{slug(name)}-free", ["passkey"], lengths, args)
-            ext = runs / f"transformer-rope-{slug(name)}"
+            free = score(model, cfg_m, Path(args.out) / "b" / f"rope-{method_arg(name)}-free", ["passkey"], lengths, args)
+            ext = runs / f"transformer-rope-{method_arg(name)}"
             secs = continue_training(base, ext, [f"--data.seq_len={4 * T}", "--data.batch_size=2", *flags],
                                      args, f"rope {name}")
             model, cfg_e = load_trained(ext)
-            tuned = score(model, cfg_e, Path(args.out) / "b" / f"rope-{slug(name)}-4T", ["passkey"], lengths, args)
+            tuned = score(model, cfg_e, Path(args.out) / "b" / f"rope-{method_arg(name)}-4T", ["passkey"], lengths, args)
             row = {"stack": "transformer", "method": name, "free": free["passkey"], "tuned": tuned["passkey"],
                    "tune_s": round(secs, 1), "T": T}
             res["b"].append(row)
@@ -157,15 +159,15 @@ def part_b(args, res: dict) -> None:
         lengths = [m * T for m in args.multiples]
         for name, flags in [(n, f) for n, f in MITIGATIONS.items() if method_arg(n) in args.recurrent_methods]:
             model, cfg_m = load_trained(base, at_length(flags, T))
-            acc = score(model, cfg_m, Path(args.out) / "b" / f"{stack}-{slug(name)}", ["passkey"], lengths, args)
+            acc = score(model, cfg_m, Path(args.out) / "b" / f"{stack}-{method_arg(name)}", ["passkey"], lengths, args)
             res["b"].append({"stack": stack, "method": f"mitigation: {name}", "free": acc["passkey"], "T": T})
             print(f"  b | {stack:11s} | {name:20s} | {fmt(acc['passkey'], lengths)}", flush=True)
             save(args, res)
         for name, flags in [(n, f) for n, f in INTERVENTIONS.items() if method_arg(n) in args.recurrent_methods]:
-            ext = runs / f"{stack}-{slug(name)}"
+            ext = runs / f"{stack}-{method_arg(name)}"
             secs = continue_training(base, ext, at_length(flags, T), args, f"{stack} {name}")
             model, cfg_e = load_trained(ext)
-            acc = score(model, cfg_e, Path(args.out) / "b" / f"{stack}-{slug(name)}", ["passkey"], lengths, args)
+            acc = score(model, cfg_e, Path(args.out) / "b" / f"{stack}-{method_arg(name)}", ["passkey"], lengths, args)
             res["b"].append({"stack": stack, "method": f"post-training: {name}", "tuned": acc["passkey"],
                              "tune_s": round(secs, 1), "T": T})
             print(f"  b | {stack:11s} | {name:20s} | {fmt(acc['passkey'], lengths)} (after {args.ext_steps} steps)",
@@ -204,12 +206,9 @@ def method_key(name: str) -> str:
 
 
 def method_arg(name: str) -> str:
-    """The name --recurrent-methods takes: "TBPTT, rows of 4·T" -> "tbptt-rows-of-4-t"."""
+    """The name --recurrent-methods takes, and the name of a row's run and results directories:
+    "TBPTT, rows of 4·T" -> "tbptt-rows-of-4-t"."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
 def fmt(acc: dict, lengths: list[int]) -> str:

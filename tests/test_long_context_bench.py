@@ -17,6 +17,13 @@ def test_quick_mode_runs_every_part(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))   # undone after the test: benchmarks/kernels.py
     import long_context
 
+    scored, evaluate = {}, long_context.evaluate_model
+
+    def spy(model, cfg, out, **kw):
+        scored[Path(out).relative_to(tmp_path / "out").as_posix()] = kw["step"]
+        return evaluate(model, cfg, out, **kw)
+
+    monkeypatch.setattr(long_context, "evaluate_model", spy)
     assert long_context.main(["--quick", "--stacks", "transformer,hawk", "--out", str(tmp_path / "out"),
                               "--runs", str(tmp_path / "runs")]) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -33,6 +40,10 @@ def test_quick_mode_runs_every_part(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "| stack | steps | train s | passkey 1T | multi-key 1T |" in out and "| transformer | YaRN |" in out
     assert (tmp_path / "out" / "a" / "transformer" / "passkey.png").is_file()
+    # each evaluation (its heatmaps' titles) names the step of the checkpoint it scored: 2 for a recipe,
+    # 1 after a one-step post-training
+    assert {p: scored[p] for p in ("a/transformer", "b/rope-yarn-4T", "b/hawk-tbptt-rows-of-4-t")} == \
+        {"a/transformer": 2, "b/rope-yarn-4T": 1, "b/hawk-tbptt-rows-of-4-t": 1}
 
 
 
