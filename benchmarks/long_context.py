@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import models  # noqa: E402
-from train.checkpoint import Checkpointer, list_checkpoints, load_model_weights  # noqa: E402
+from train.checkpoint import Checkpointer, checkpoint_step, list_checkpoints, load_model_weights  # noqa: E402
 from train.config import dump_toml, load_config  # noqa: E402
 from train.evaluate import evaluate_model  # noqa: E402
 
@@ -77,19 +77,20 @@ def quiet_train(cfg, tag: str) -> float:
 
 
 def load_trained(run_dir: Path, extra: list[str] | None = None):
-    """(model, cfg) from the newest checkpoint of run_dir, with config overrides applied on top; the
-    model carries the checkpoint's step (`trained_step`) for the titles of its heatmaps."""
+    """(model, cfg, step) from the newest checkpoint of run_dir, with config overrides applied on top; the
+    step titles the heatmaps of its evaluation."""
     ckpt = list_checkpoints(run_dir / "checkpoints")[-1]
     cfg = load_config(ckpt / "config.toml", list(extra or []))
     model = models.build(cfg.model)
     load_model_weights(ckpt, model)
-    model.trained_step = int(json.loads((ckpt / "train_state.json").read_text()).get("step", 0))
-    return model.eval(), cfg
+    return model.eval(), cfg, checkpoint_step(ckpt)
 
 
-def score(model, cfg, out: Path, tasks: list[str], lengths: list[int], args) -> dict:
+def score(trained: tuple, out: Path, tasks: list[str], lengths: list[int], args) -> dict:
+    """Accuracy per task and length of a load_trained() result."""
+    model, cfg, step = trained
     s = evaluate_model(model, cfg, out, lengths=lengths, depths=args.depths, trials=args.trials, loss_length=0,
-                       loss_rows=0, seed=args.seed, tasks=tasks, step=model.trained_step, progress=None)
+                       loss_rows=0, seed=args.seed, tasks=tasks, step=step, progress=None)
     return {t: {int(k): v for k, v in s[t].items()} for t in tasks}
 
 
@@ -104,10 +105,10 @@ def part_a(args, res: dict) -> None:
             "--checkpoint.resume=none", *args.train_overrides])
         cfg.train.log_every = max(1, cfg.train.steps // 4)
         secs = quiet_train(cfg, stack)
-        model, cfg = load_trained(run)
-        T = cfg.data.seq_len
+        trained = load_trained(run)
+        T = trained[1].data.seq_len
         t0 = time.perf_counter()
-        acc = score(model, cfg, Path(args.out) / "a" / stack, ["passkey", "niah_multikey"], [T], args)
+        acc = score(trained, Path(args.out) / "a" / stack, ["passkey", "niah_multikey"], [T], args)
         row = {"stack": stack, "steps": cfg.train.steps, "train_s": round(secs, 1),
                "eval_s": round(time.perf_counter() - t0, 1),
                "passkey_1T": acc["passkey"][T], "multikey_1T": acc["niah_multikey"][T]}
@@ -120,7 +121,7 @@ def part_a(args, res: dict) -> None:
 def continue_training(base_run: Path, run: Path, overrides: list[str], args, tag: str) -> float:
     """A short run from the base weights (fresh optimizer and schedule) with `overrides` (e.g. 4·T). The
     base recipe's copy warm-up is not repeated: the first documents of a continued run are the task mix."""
-    model, cfg = load_trained(base_run)
+    model, cfg, _ = load_trained(base_run)
     shutil.rmtree(run, ignore_errors=True)          # a rerun of the script starts this run afresh
     cfg = load_config(list_checkpoints(base_run / "checkpoints")[-1] / "config.toml", [
         f"--train.steps={args.ext_steps}", f"--train.run_dir={run}", "--checkpoint.every=0",
@@ -135,17 +136,16 @@ def part_b(args, res: dict) -> None:
     runs = Path(args.runs)
     if "transformer" in args.stacks:
         base = runs / "transformer"
-        _, cfg = load_trained(base)
+        _, cfg, _ = load_trained(base)
         T = cfg.data.seq_len
         lengths = [m * T for m in args.multiples]
         for name, flags in [(n, f) for n, f in rope_methods(T).items() if n in args.rope_methods]:
-            model, cfg_m = load_trained(base, flags)
-            free = score(model, cfg_m, Path(args.out) / "b" / f"rope-{method_arg(name)}-free", ["passkey"], lengths, args)
+            out = Path(args.out) / "b" / f"rope-{method_arg(name)}"
+            free = score(load_trained(base, flags), Path(f"{out}-free"), ["passkey"], lengths, args)
             ext = runs / f"transformer-rope-{method_arg(name)}"
             secs = continue_training(base, ext, [f"--data.seq_len={4 * T}", "--data.batch_size=2", *flags],
                                      args, f"rope {name}")
-            model, cfg_e = load_trained(ext)
-            tuned = score(model, cfg_e, Path(args.out) / "b" / f"rope-{method_arg(name)}-4T", ["passkey"], lengths, args)
+            tuned = score(load_trained(ext), Path(f"{out}-4T"), ["passkey"], lengths, args)
             row = {"stack": "transformer", "method": name, "free": free["passkey"], "tuned": tuned["passkey"],
                    "tune_s": round(secs, 1), "T": T}
             res["b"].append(row)
@@ -154,20 +154,19 @@ def part_b(args, res: dict) -> None:
             save(args, res)
     for stack in [s for s in ("mamba2", "hawk") if s in args.stacks]:
         base = runs / stack
-        _, cfg = load_trained(base)
+        _, cfg, _ = load_trained(base)
         T = cfg.data.seq_len
         lengths = [m * T for m in args.multiples]
         for name, flags in [(n, f) for n, f in MITIGATIONS.items() if method_arg(n) in args.recurrent_methods]:
-            model, cfg_m = load_trained(base, at_length(flags, T))
-            acc = score(model, cfg_m, Path(args.out) / "b" / f"{stack}-{method_arg(name)}", ["passkey"], lengths, args)
+            out = Path(args.out) / "b" / f"{stack}-{method_arg(name)}"
+            acc = score(load_trained(base, at_length(flags, T)), out, ["passkey"], lengths, args)
             res["b"].append({"stack": stack, "method": f"mitigation: {name}", "free": acc["passkey"], "T": T})
             print(f"  b | {stack:11s} | {name:20s} | {fmt(acc['passkey'], lengths)}", flush=True)
             save(args, res)
         for name, flags in [(n, f) for n, f in INTERVENTIONS.items() if method_arg(n) in args.recurrent_methods]:
             ext = runs / f"{stack}-{method_arg(name)}"
             secs = continue_training(base, ext, at_length(flags, T), args, f"{stack} {name}")
-            model, cfg_e = load_trained(ext)
-            acc = score(model, cfg_e, Path(args.out) / "b" / f"{stack}-{method_arg(name)}", ["passkey"], lengths, args)
+            acc = score(load_trained(ext), Path(args.out) / "b" / ext.name, ["passkey"], lengths, args)
             res["b"].append({"stack": stack, "method": f"post-training: {name}", "tuned": acc["passkey"],
                              "tune_s": round(secs, 1), "T": T})
             print(f"  b | {stack:11s} | {name:20s} | {fmt(acc['passkey'], lengths)} (after {args.ext_steps} steps)",

@@ -77,6 +77,11 @@ def is_complete(path: Path) -> bool:
     return (path / ".metadata").is_file() and (path / "train_state.json").is_file()
 
 
+def checkpoint_step(path: Path) -> int:
+    """The training step a complete checkpoint was saved at (0 for a weights-only initial one)."""
+    return int(json.loads((path / "train_state.json").read_text()).get("step", 0))
+
+
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first. Incomplete `step-*` directories are skipped with a warning."""
     if not ckpt_dir.is_dir():

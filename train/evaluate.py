@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import models
-    from train.checkpoint import load_model_weights
+    from train.checkpoint import checkpoint_step, load_model_weights
 
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     load_model_weights(ckpt, model)
     model.to(device)
     out = Path(args.out) if args.out else ckpt / "eval"
-    step = int(json.loads((ckpt / "train_state.json").read_text()).get("step", 0))
+    step = checkpoint_step(ckpt)
     t0 = time.perf_counter()
     from train.metrics import TensorBoardLogger
 
